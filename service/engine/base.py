@@ -1,0 +1,77 @@
+"""The one small interface every engine implements (vllm, remote, scripted).
+
+An engine turns a prompt into a completion. It knows nothing about TIPO: the TIPO runner
+(service/tipo/runner.py) decides what to ask, the serving layer drives many runners against one
+engine at once, so concurrent model calls reach the engine together and vLLM batches them.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from service.tipo.sampling import Sampling
+
+__all__ = ["Completion", "Engine", "EngineError", "EngineStats", "Sampling", "UnknownPromptError"]
+
+
+class EngineError(RuntimeError):
+    """The engine could not answer (dead, stalled, remote unreachable). The service maps it to 503."""
+
+
+class UnknownPromptError(EngineError):
+    """Scripted engine: no recorded completion for this prompt (and seed)."""
+
+
+@dataclass
+class Completion:
+    text: str  # only what the model appended to the prompt (no prompt, no BOS/EOS)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"  # "stop" (EOS) or "length"
+
+
+@dataclass
+class EngineStats:
+    """Figures the engine exposes for /metrics and readiness."""
+
+    running: int = 0
+    waiting: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Engine(abc.ABC):
+    """An async text-completion engine. Cancelling a generate() task aborts its engine request."""
+
+    model_name: str = ""
+
+    async def start(self) -> None:
+        """Load the model. Called once, before the first request."""
+
+    async def shutdown(self) -> None:
+        """Release the model."""
+
+    @abc.abstractmethod
+    async def generate(self, prompt: str, sampling: Sampling, request_id: str) -> Completion:
+        """Complete `prompt` (BOS is added by the engine). Raises EngineError when it cannot."""
+
+    async def generate_stream(self, prompt: str, sampling: Sampling, request_id: str) -> AsyncIterator[str]:
+        """Yield the completion text in pieces. Default: one piece."""
+        completion = await self.generate(prompt, sampling, request_id)
+        yield completion.text
+
+    async def abort(self, request_id: str) -> None:
+        """Stop the engine work of a request whose client is gone."""
+
+    def count_tokens(self, prompt: str) -> int:
+        """Tokens of `prompt` as the model sees it (BOS included); 0 when unknown."""
+        return 0
+
+    def stats(self) -> EngineStats:
+        return EngineStats()
+
+    @property
+    def alive(self) -> bool:
+        """False once the engine has died; readiness turns 503."""
+        return True

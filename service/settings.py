@@ -1,0 +1,74 @@
+"""One settings object for the whole service: environment (prefix TIPO_), CLI flags and code.
+
+Every field is documented in the README's settings table; deploy/ manifests are checked against
+these names in tests, so renaming a field breaks the build rather than production.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_STORE_DIR = REPO_ROOT / "model_store" / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TIPO_", extra="ignore", cli_prog_name="python -m service")
+
+    # --- HTTP server
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in containers).")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    # --- engine
+    engine: Literal["vllm", "remote", "scripted"] = Field(
+        "vllm", description="vllm: in-process AsyncLLM; remote: an OpenAI-compatible completions server; "
+        "scripted: replay completions from TIPO_SCRIPTED_PATH."
+    )
+    model: str = Field(
+        "auto",
+        description="Local model directory. 'auto': the first TIPO model found under model_store/models/, "
+        "else the tiny random demo model (built on first use; its outputs are random).",
+    )
+    served_model_name: str = Field("", description="Model name reported by the API; default: the directory name.")
+    scripted_path: str = Field("", description="JSON file of {prompt, completion, seed?} entries (scripted engine).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="vLLM device; auto = cuda when available.")
+    dtype: str = Field("auto", description="vLLM dtype (auto: bfloat16 on CPU, the model's dtype on GPU).")
+    max_model_len: int = Field(1024, ge=64, le=8192, description="Context length given to vLLM (TIPO: 1024).")
+    max_num_seqs: int = Field(256, ge=1, description="vLLM: most sequences in one engine step.")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM on CUDA: share of GPU memory.")
+    kv_cache_gib: int = Field(1, ge=1, description="vLLM on CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    enforce_eager: bool = Field(True, description="vLLM: skip torch.compile / CUDA graphs (faster start).")
+    remote_url: str = Field("", description="Base URL of the remote OpenAI-compatible server, e.g. http://vllm:8000/v1.")
+    remote_model: str = Field("", description="Model name to send to the remote server; default: its first model.")
+    remote_api_key: str = Field("", description="Bearer key for the remote server.")
+    remote_timeout_s: float = Field(60.0, gt=0, description="Timeout of one remote call.")
+    remote_retries: int = Field(2, ge=0, le=10, description="Retries of a failed remote call (with backoff).")
+
+    # --- TIPO defaults
+    default_profile: Literal["fixed", "kgen"] = Field("fixed", description="Profile used when a request names none.")
+
+    # --- admission control and timeouts
+    max_in_flight: int = Field(64, ge=1, description="Requests processed at once; more wait in the queue.")
+    max_queue: int = Field(256, ge=0, description="Requests waiting for a slot; past it: 429 with Retry-After.")
+    queue_timeout_s: float = Field(30.0, gt=0, description="Longest wait for a slot before 503.")
+    request_timeout_s: float = Field(120.0, gt=0, description="Cap of one request's processing time (504 past it).")
+    engine_stall_s: float = Field(60.0, gt=0, description="Engine without progress while work is pending this "
+                                  "long: readiness and liveness fail.")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="On SIGTERM, time given to in-flight requests.")
+
+    # --- input limits
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body.")
+    max_tags: int = Field(512, ge=1, description="Most tags in one request's tag text.")
+    max_caption_chars: int = Field(4000, ge=1, description="Longest natural-language caption.")
+    max_batch: int = Field(64, ge=1, description="Most requests x variants in one /v1/tipo/batch call.")
+
+    # --- access
+    api_keys: str = Field("", description="Comma-separated API keys; empty = no auth.")
+    api_keys_file: str = Field("", description="File with one API key per line.")
+    metrics_require_key: bool = Field(False, description="Require an API key for /metrics.")
+    cors_origins: str = Field("", description="Comma-separated allowed CORS origins; empty = no CORS.")
