@@ -42,6 +42,15 @@ class Profile:
     caption_retry_discards: bool
     # §4.4 / §7-13: unformatted_prompt loses the generated caption when the user gave no NL.
     unformatted_loses_generated: bool
+    # §4.3 / §7-8: an empty caption leaves a lone "." line (format text `<|extended|>.`).
+    stray_period_line: bool
+    # §4.4: unformatted_prompt always joins with ", ", so it starts with ", " when the user gave no tags.
+    unformatted_leading_comma: bool
+    # §7-17: whitespace-only NL counts as "NL given" for the extra caption pass but as "no NL" for the plan.
+    blank_nl_counts_as_given: bool
+    # §4.3: a format text that is no preset and has no <|...|> placeholder is printed literally (the
+    # model's output is thrown away). Fixed: a 422 listing the presets (it is almost always a misspelt name).
+    unknown_format_is_literal: bool
 
 
 KGEN = Profile(
@@ -55,6 +64,10 @@ KGEN = Profile(
     naive_prompt_syntax=True,
     caption_retry_discards=True,
     unformatted_loses_generated=True,
+    stray_period_line=True,
+    unformatted_leading_comma=True,
+    blank_nl_counts_as_given=True,
+    unknown_format_is_literal=True,
 )
 
 FIXED = Profile(
@@ -68,6 +81,10 @@ FIXED = Profile(
     naive_prompt_syntax=False,
     caption_retry_discards=False,
     unformatted_loses_generated=False,
+    stray_period_line=False,
+    unformatted_leading_comma=False,
+    blank_nl_counts_as_given=False,
+    unknown_format_is_literal=False,
 )
 
 PROFILES = {p.name: p for p in (KGEN, FIXED)}

@@ -1,0 +1,189 @@
+"""Post-processing of one parsed model answer (SPEC §4.2) and the ban filter (SPEC §2.4).
+
+Order of the steps, and of the random draws, follows tipo-kgen 0.3.1: both matter for byte-identical
+output, since the new tags and sentences are shuffled with the request's RNG.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from service.tipo.constants import MAX_SENTENCES, MAX_TAGS, MIN_SENTENCES, MIN_TAGS
+from service.tipo.profile import Profile, ReferenceFailure
+
+
+class InvalidBanTag(ValueError):
+    """A ban entry is neither usable as a substring-only entry nor a valid regular expression."""
+
+    def __init__(self, entry: str, reason: str):
+        super().__init__(f"ban tag {entry!r} is not a valid regular expression: {reason}")
+        self.entry = entry
+
+
+@dataclass(frozen=True)
+class BanList:
+    """Ban entries; a tag is banned when an entry is a substring of it or the entry, as a regex,
+    matches at the start of the tag (`re.match`). So `sky` also bans `blue sky`.
+
+    Every entry is compiled up front so an invalid regex fails the request before any model call
+    (the reference raises re.error in the middle of the run).
+    """
+
+    entries: tuple[str, ...] = ()
+    patterns: tuple[re.Pattern, ...] = ()
+
+    @classmethod
+    def of(cls, entries: Iterable[str]) -> BanList:
+        entries = tuple(entries)
+        patterns = []
+        for entry in entries:
+            try:
+                patterns.append(re.compile(entry))
+            except re.error as error:
+                raise InvalidBanTag(entry, str(error)) from None
+        return cls(entries, tuple(patterns))
+
+    def bans(self, tag: str) -> bool:
+        return any(entry in tag or pattern.match(tag) for entry, pattern in zip(self.entries, self.patterns))
+
+    def keep(self, tags: Iterable[str]) -> list[str]:
+        return [tag for tag in tags if not self.bans(tag)]
+
+
+def split_ban_text(text: str) -> tuple[str, ...]:
+    """The ban text box: comma-separated, stripped, empties dropped (the extensions' parsing)."""
+    return tuple(entry.strip() for entry in text.split(",") if entry.strip())
+
+
+def sentences_of(text: str) -> list[str]:
+    """Sentences as the reference counts them: split on every ".", stripped, empties dropped."""
+    return [part.strip() for part in text.split(".") if part.strip()]
+
+
+def dedup(items: Iterable[str]) -> list[str]:
+    """Drop repeats, keeping the first occurrence."""
+    return list(dict.fromkeys(items))
+
+
+def shuffled(items: Sequence[str], rng: random.Random) -> list[str]:
+    # random.shuffle draws nothing for 0 or 1 items, so calling it always keeps the stream aligned.
+    items = list(items)
+    rng.shuffle(items)
+    return items
+
+
+def _caption(parsed: dict, key: str, profile: Profile) -> None:
+    """Make sure a caption value is a string (a literal `extended:` line in the output parses as a list)."""
+    value = parsed.get(key)
+    if isinstance(value, list):
+        if profile.crash_like_reference:
+            raise ReferenceFailure(
+                f"the model wrote a '{key}:' line; the reference crashes on it in post-processing (AttributeError)"
+            )
+        parsed[key] = ", ".join(value)
+
+
+def postprocess(
+    parsed: dict,
+    general: str,
+    nl: str,
+    mode: str | None,
+    length: str,
+    ban: BanList,
+    rng: random.Random,
+    profile: Profile,
+) -> dict:
+    """Clean one parsed answer against the input of the attempt (`general`, `nl`).
+
+    Returns a new map: captions kept only where the mode produces them, banned tags removed from
+    every list, new general tags shuffled after the input ones, new sentences (all but the last)
+    shuffled after the input ones, both capped by the length target.
+    """
+    parsed = dict(parsed)
+
+    # 1. Keep only the captions this mode writes.
+    if mode is None:
+        parsed.pop("extended", None)
+        parsed.pop("generated", None)
+    else:
+        if "long" not in mode:
+            parsed.pop("generated", None)
+        if "short" not in mode:
+            parsed.pop("extended", None)
+    for key in ("extended", "generated"):
+        _caption(parsed, key, profile)
+
+    # 2. A caption that continues the user's text is the user's text, extended.
+    if "generated" in parsed and nl and not parsed.get("extended", "").strip():
+        parsed["extended"] = parsed.pop("generated")
+
+    input_tags = [tag.strip() for tag in general.split(",")]
+    input_sentences = sentences_of(nl)
+
+    # 3. Ban filter on every list (0.3.1: user tags, rating, artist, ... included; captions are not filtered).
+    for key, value in list(parsed.items()):
+        if isinstance(value, list):
+            parsed[key] = ban.keep(value)
+
+    # 4. Input tags keep their place; new ones are shuffled.
+    kept_tags = [tag for tag in parsed.get("general", []) if tag in input_tags]
+    new_tags = shuffled([tag for tag in parsed.get("general", []) if tag not in input_tags], rng)
+
+    # 5. New sentences of the extended caption.
+    new_sentences = [s for s in sentences_of(parsed.get("extended", "")) if s not in input_sentences]
+    if new_sentences:
+        if input_sentences:
+            # The model continued the last input sentence: the longer version replaces it.
+            if input_sentences[-1] in new_sentences[0]:
+                input_sentences[-1] = new_sentences.pop(0)
+        elif profile.crash_like_reference:
+            raise ReferenceFailure(
+                "post-processing got a 'short' caption but the request has no usable NL text "
+                "(empty, blank or only dots); the reference crashes here with IndexError"
+            )
+    if new_sentences:
+        new_sentences = shuffled(new_sentences[:-1], rng) + [new_sentences[-1]]
+
+    # 6. Caps.
+    tag_cap = MAX_TAGS[length]
+    sentence_cap = MAX_SENTENCES[length]
+    if len(kept_tags) + len(new_tags) > tag_cap:
+        # kgen keeps only "sentence cap - input tags" new tags (a bug: long -> 8), which then
+        # fails the retry criterion and causes up to 10 more passes.
+        keep = (sentence_cap if profile.tag_cap_uses_sentence_cap else tag_cap) - len(kept_tags)
+        new_tags = new_tags[: max(keep, 0)]
+    if len(input_sentences) + len(new_sentences) > sentence_cap:
+        new_sentences = new_sentences[: max(sentence_cap - len(input_sentences), 0)]
+
+    # 7. The generated caption: its sentences not already given, capped, in order.
+    generated = []
+    if "generated" in parsed:
+        generated = [s for s in sentences_of(parsed["generated"]) if s not in input_sentences][:sentence_cap]
+
+    # 8. Write back. Sentences are re-joined with ". " (no final period; see the format).
+    parsed["general"] = dedup(kept_tags + new_tags)
+    parsed["extended"] = ". ".join(dedup(input_sentences + new_sentences))
+    if generated:
+        parsed["generated"] = ". ".join(dedup(generated))
+    return parsed
+
+
+def sentence_count(text: str) -> int:
+    """The reference's count: pieces of split("."), so "" counts as 1 and a final "." adds one."""
+    return len(text.split("."))
+
+
+def meets_target(parsed: dict, target: str, length: str) -> bool:
+    """The retry criterion of one attempt (SPEC §3.4)."""
+    if target == "long" and "generated" not in parsed:
+        target = "short"
+    if target == "tag":
+        count, low = len(parsed.get("special", []) + parsed.get("general", [])), MIN_TAGS[length]
+    elif target == "short":
+        count, low = sentence_count(parsed.get("extended", "")), MIN_SENTENCES[length]
+    else:
+        count, low = sentence_count(parsed.get("generated", "")), MIN_SENTENCES[length]
+    return low <= count <= 1000

@@ -1,0 +1,33 @@
+"""Test data used across the test packages: the reference's vectors and one tag index per process."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+# A copy of shared/tipo/vectors.json (75 cases produced by running tipo-kgen 0.3.1 + z-tipo-extension),
+# kept in the repository so the tests run on any checkout.
+VECTORS_PATH = Path(__file__).parent / "data" / "vectors.json"
+
+
+@cache
+def _all_vectors() -> tuple[dict, ...]:
+    return tuple(json.loads(VECTORS_PATH.read_text(encoding="utf-8")))
+
+
+def load_vectors(group: str | None = None) -> list[dict]:
+    return [v for v in _all_vectors() if group is None or v["group"] == group]
+
+
+def vector(vector_id: str) -> dict:
+    return next(v for v in _all_vectors() if v["id"] == vector_id)
+
+
+@cache
+def shared_tag_index():
+    """One real tag index per test process (~20 MB). Hypothesis tests call this instead of taking the
+    fixture, so a failing example does not print the whole index."""
+    from service.tag_lists import load_tag_index
+
+    return load_tag_index()
