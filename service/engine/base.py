@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 
 from service.tipo.sampling import Sampling
 
-__all__ = ["Completion", "Engine", "EngineError", "EngineStats", "Sampling", "UnknownPromptError"]
+__all__ = ["Completion", "Engine", "EngineError", "EngineStats", "PromptTooLongError", "Sampling", "Segments",
+           "UnknownPromptError"]
+
+# Which parts of a prompt are user text: (text, is_template) pairs whose concatenation is the prompt.
+# Engines that tokenise read `<|...|>` markers only in template parts; user text is kept literal, so
+# a `<|long|>` typed by a user never becomes the model's control token. None = the whole prompt is
+# template text (raw completions, warm-up).
+Segments = tuple[tuple[str, bool], ...]
 
 
 class EngineError(RuntimeError):
@@ -22,6 +29,10 @@ class EngineError(RuntimeError):
 
 class UnknownPromptError(EngineError):
     """Scripted engine: no recorded completion for this prompt (and seed)."""
+
+
+class PromptTooLongError(EngineError):
+    """The prompt leaves no room for a completion in the model's context. A client error (4xx)."""
 
 
 @dataclass
@@ -53,12 +64,16 @@ class Engine(abc.ABC):
         """Release the model."""
 
     @abc.abstractmethod
-    async def generate(self, prompt: str, sampling: Sampling, request_id: str) -> Completion:
-        """Complete `prompt` (BOS is added by the engine). Raises EngineError when it cannot."""
+    async def generate(self, prompt: str, sampling: Sampling, request_id: str,
+                       segments: Segments | None = None) -> Completion:
+        """Complete `prompt` (BOS is added by the engine). Raises EngineError when it cannot.
 
-    async def generate_stream(self, prompt: str, sampling: Sampling, request_id: str) -> AsyncIterator[str]:
+        `segments`, when given, split `prompt` into template and user parts (see `Segments`)."""
+
+    async def generate_stream(self, prompt: str, sampling: Sampling, request_id: str,
+                              segments: Segments | None = None) -> AsyncIterator[str]:
         """Yield the completion text in pieces. Default: one piece."""
-        completion = await self.generate(prompt, sampling, request_id)
+        completion = await self.generate(prompt, sampling, request_id, segments)
         yield completion.text
 
     async def abort(self, request_id: str) -> None:
@@ -70,6 +85,12 @@ class Engine(abc.ABC):
 
     def stats(self) -> EngineStats:
         return EngineStats()
+
+    @property
+    def last_step_at(self) -> float | None:
+        """time.monotonic() of the engine's last observed step (vLLM: its last output batch); None when
+        the engine cannot tell. The service uses it to tell a long generation from a stalled engine."""
+        return None
 
     @property
     def alive(self) -> bool:

@@ -1,0 +1,58 @@
+"""Turn the `model` setting into a local model directory. Never downloads.
+
+* a directory path: used as is (it must hold config.json);
+* "auto": the first manifest model present under the models directory (manifest order), else the
+  tiny random demo model, built on first use into `<models dir>/tiny-demo` and flagged `is_demo`
+  so the service can warn loudly that its outputs are random.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_store.manifest import DEFAULT_MODELS_DIR, load_manifest
+from model_store.tiny import build_tiny_model, is_demo_model
+
+log = logging.getLogger(__name__)
+
+DEMO_MODEL_NAME = "tiny-demo"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The `model` setting names no usable model directory."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: Path  # directory with config.json, weights and tokenizer files
+    name: str  # the name the API reports by default (the directory name)
+    is_demo: bool  # random weights (make-tiny): outputs are random text
+
+
+def resolve_model(setting: str, models_dir: Path = DEFAULT_MODELS_DIR) -> ResolvedModel:
+    if setting.strip().lower() == "auto":
+        return _resolve_auto(Path(models_dir))
+    path = Path(setting).expanduser()
+    if not path.is_dir():
+        raise ModelNotFoundError(
+            f"model directory {str(path)!r} does not exist; use a local model directory, 'auto', or "
+            f"fetch one first: python -m model_store fetch TIPO-200M"
+        )
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
+    path = path.resolve()
+    return ResolvedModel(path=path, name=path.name, is_demo=is_demo_model(path))
+
+
+def _resolve_auto(models_dir: Path) -> ResolvedModel:
+    for entry in load_manifest().models:
+        candidate = models_dir / entry.name
+        if (candidate / "config.json").is_file():
+            return ResolvedModel(path=candidate.resolve(), name=entry.name, is_demo=is_demo_model(candidate))
+    demo = models_dir / DEMO_MODEL_NAME
+    if not is_demo_model(demo):
+        log.warning("no TIPO model under %s; building the tiny random demo model into %s", models_dir, demo)
+        build_tiny_model(demo, shape="tiny")
+    return ResolvedModel(path=demo.resolve(), name=DEMO_MODEL_NAME, is_demo=True)
