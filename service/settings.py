@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     )
     served_model_name: str = Field("", description="Model name reported by the API; default: the directory name.")
     scripted_path: str = Field("", description="JSON file of {prompt, completion, seed?} entries (scripted engine).")
+    scripted_delay_s: float = Field(0.0, ge=0, description="Scripted engine: seconds each call waits before "
+                                    "answering (tests of load and shutdown).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="vLLM device; auto = cuda when available.")
     dtype: str = Field("auto", description="vLLM dtype (auto: bfloat16 on CPU, the model's dtype on GPU).")
     max_model_len: int = Field(1024, ge=64, le=8192, description="Context length given to vLLM (TIPO: 1024).")
@@ -65,6 +67,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body.")
     max_tags: int = Field(512, ge=1, description="Most tags in one request's tag text.")
     max_caption_chars: int = Field(4000, ge=1, description="Longest natural-language caption.")
+    max_tag_chars: int = Field(8000, ge=1, description="Longest tag text (the A1111 weight parser's cost grows "
+                               "with length x bracket depth).")
+    max_bracket_depth: int = Field(32, ge=1, description="Deepest nesting of ( ) and [ ] (unclosed ones count) "
+                                   "in the tag text or caption.")
     max_batch: int = Field(64, ge=1, description="Most requests x variants in one /v1/tipo/batch call.")
 
     # --- access

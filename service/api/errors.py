@@ -1,0 +1,103 @@
+"""Error responses: one JSON shape for every endpoint, OpenAI style.
+
+    {"error": {"message": "...", "type": "invalid_request_error", "param": "tag_length", "code": null}}
+
+Status codes (README "Errors"):
+  401 missing/wrong API key · 404/405 unknown route · 413 body too large
+  422 invalid input: validation, an invalid ban regex, a prompt longer than the model's context, or
+      an input the `kgen` profile refuses because the reference crashes on it (type `reference_failure`)
+  424 scripted engine has no recorded completion for a prompt (a replay miss, not the client's fault
+      and not an outage: type `scripted_prompt_missing`, the message names the prompt)
+  429 wait queue full (Retry-After) · 503 not ready, engine failed, or queue wait too long
+  504 request timeout (its engine work is aborted)
+Bodies never carry stack traces or file paths; unexpected failures are logged and answered with a
+generic 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("service.api")
+
+
+class ApiError(Exception):
+    """An error answer: raise it anywhere below a route; the handler turns it into JSON."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def validation_message(errors: list[dict]) -> tuple[str, str | None]:
+    """Turn pydantic errors into one sentence that says what to fix, and the first bad field."""
+    parts = []
+    first_param = None
+    for error in errors:
+        loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")]
+        field = ".".join(loc)
+        if error.get("type") == "json_invalid":
+            parts.append(f"the request body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})")
+            continue
+        if error.get("type") == "missing" and not field:
+            parts.append("the request body is missing (send a JSON object)")
+            continue
+        first_param = first_param or field or None
+        msg = error.get("msg", "invalid value").removeprefix("Value error, ")
+        if error.get("type") in ("missing", "extra_forbidden"):
+            parts.append(f"{field}: {msg}")
+        else:
+            parts.append(f"{field or 'body'}: {msg} (got {_short_repr(error.get('input'))})")
+    return "Invalid request: " + "; ".join(parts), first_param
+
+
+def _short_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = validation_message(list(exc.errors()))
+        return JSONResponse(error_body(message, "invalid_request_error", param), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body("internal server error", "server_error"), status_code=500)

@@ -1,0 +1,38 @@
+"""Probes and metrics: GET /health/live, GET /health/ready, GET /metrics.
+
+live  — 200 while the process can serve; 503 once the engine has died or stalls (work pending, no
+        progress for settings.engine_stall_s): restarting the pod is the fix.
+ready — 200 only after the engine produced a real generation (warm-up) and while it stays alive and
+        unstalled; 503 while loading, after a failed start, while shutting down.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+
+from service.api.auth import require_metrics_key
+from service.api.state import ServiceState, get_state
+from service.metrics import CONTENT_TYPE
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health/live", summary="Liveness probe")
+async def live(state: ServiceState = Depends(get_state)) -> JSONResponse:
+    ok, reason = state.liveness()
+    return JSONResponse({"status": "ok" if ok else "failed", "detail": reason}, status_code=200 if ok else 503)
+
+
+@router.get("/health/ready", summary="Readiness probe: 200 once a real generation succeeded")
+async def ready(state: ServiceState = Depends(get_state)) -> JSONResponse:
+    ok, reason = state.readiness()
+    return JSONResponse(
+        {"status": "ready" if ok else "not_ready", "detail": reason, "model": state.model_name},
+        status_code=200 if ok else 503,
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_metrics_key)])
+async def metrics(state: ServiceState = Depends(get_state)) -> Response:
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE)

@@ -1,0 +1,40 @@
+"""Routes of the OpenAI-compatible API (logic in serving.py, models in protocol.py)."""
+
+from __future__ import annotations
+
+import inspect
+
+from fastapi import APIRouter, Depends, Request
+
+from service.api.auth import require_api_key
+from service.api.openai.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelList,
+)
+from service.api.openai.serving import OpenAIServing, split_partial_prompt
+from service.api.state import ServiceState, get_state
+
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
+
+
+@router.get("/models", response_model=ModelList, summary="The served model")
+async def models(state: ServiceState = Depends(get_state)) -> ModelList:
+    return OpenAIServing(state).models()
+
+
+@router.post("/completions", response_model=CompletionResponse, summary="Complete TIPO template text "
+             "(stream: true for SSE)")
+async def completions(body: CompletionRequest, request: Request, state: ServiceState = Depends(get_state)):
+    return await OpenAIServing(state).completions(body, request)
+
+
+@router.post("/chat/completions", response_model=ChatCompletionResponse, summary="The last user message is a "
+             "partial prompt; the reply is the optimized prompt",
+             description="TIPO options (tag_length, nl_length, ban_tags, format, width, height, profile) may be sent "
+             "as extra fields; max_tokens is the budget of each model call.\n\n"
+             + inspect.cleandoc(split_partial_prompt.__doc__ or ""))
+async def chat_completions(body: ChatCompletionRequest, request: Request, state: ServiceState = Depends(get_state)):
+    return await OpenAIServing(state).chat(body, request)

@@ -1,0 +1,170 @@
+"""Request and response models of POST /v1/tipo and POST /v1/tipo/batch.
+
+Field names follow the ComfyUI TIPO node (tags, nl_prompt, width, height, tag_length, nl_length,
+ban_tags, format, seed, temperature, top_p, top_k, min_p), so a node's settings map one to one.
+Valid ranges and examples appear in the OpenAPI schema (/docs).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+
+from service.tipo.constants import DEFAULT_FORMAT_NAME, FORMAT_PRESETS, LENGTHS, SINGLE_OPERATIONS
+from service.tipo.sampling import Sampling
+
+Length = Literal["very_short", "short", "long", "very_long"]
+ProfileName = Literal["fixed", "kgen"]
+Operation = Literal[
+    "None", "long_to_tag", "short_to_tag", "short_to_tag_to_long", "tag_to_long", "tag_to_long_to_short",
+    "tag_to_short", "tag_to_short_to_long",
+]
+assert set(Length.__args__) == set(LENGTHS) and set(Operation.__args__) == set(SINGLE_OPERATIONS)
+
+_DEFAULT = Sampling()
+SEED_RANGE = 2**64  # the reference accepts any integer; negative seeds act like their absolute value
+
+
+class TipoRequestBody(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [
+            {"tags": "1girl, hatsune miku, vocaloid, (masterpiece:1.2)", "nl_prompt": "",
+             "width": 832, "height": 1216, "tag_length": "long", "nl_length": "long", "seed": 1234},
+            {"tags": "", "nl_prompt": "A girl reading a book in a quiet library.", "profile": "kgen",
+             "return_trace": True},
+        ]},
+    )
+
+    tags: str = Field("", description="Tag prompt in A1111 syntax: comma-separated, (tag:1.2) weights, "
+                      "\\( \\) escapes.", examples=["1girl, hatsune miku, (masterpiece:1.2), absurdres"])
+    nl_prompt: str = Field("", description="Natural-language caption to expand.",
+                           examples=["A girl reading a book in a quiet library."])
+    width: int = Field(1024, ge=1, le=16384, description="Image width; only width/height (aspect ratio) matters.")
+    height: int = Field(1024, ge=1, le=16384, description="Image height.")
+    tag_length: Length = Field("long", description="Tag count target: very_short 6-18, short 18-36, "
+                               "long 36-54, very_long 54-72 tags.")
+    nl_length: Length = Field("long", description="Caption target: very_short 1-2, short 2-4, long 4-8, "
+                              "very_long 8+ sentences.")
+    ban_tags: str | list[str] = Field("", description="Tags to remove from the result: comma-separated string "
+                                      "or list; each entry bans tags containing it or matching it as a regex "
+                                      "anchored at the start.", examples=["sky, .*hair"])
+    format: str = Field(DEFAULT_FORMAT_NAME, description="A preset name (" + ", ".join(map(repr, FORMAT_PRESETS))
+                        + ") or a template with <|special|> <|characters|> <|copyrights|> <|artist|> <|general|> "
+                        "<|extended|> <|generated|> <|quality|> <|meta|> <|rating|> placeholders.",
+                        examples=["Both, tag first (recommend)", "<|general|>\n<|generated|>"])
+    seed: int | None = Field(None, gt=-SEED_RANGE, lt=SEED_RANGE,
+                             description="Seed of the whole request (same seed + same model = same output). "
+                             "Absent or 0: a random seed (0 as in the reference), returned in the response.",
+                             examples=[1234])
+    temperature: float = Field(_DEFAULT.temperature, ge=0, le=2, description="Sampling temperature; 0 = greedy.")
+    top_p: float = Field(_DEFAULT.top_p, gt=0, le=1, description="Nucleus sampling.")
+    top_k: int = Field(_DEFAULT.top_k, ge=0, le=32013, description="Top-k cut; 0 = none.")
+    min_p: float = Field(_DEFAULT.min_p, ge=0, le=1, description="Min-p cut.")
+    max_new_tokens: int = Field(_DEFAULT.max_new_tokens, ge=1, le=1024,
+                                description="Token budget of each model call.")
+    operation: Operation | None = Field(None, description="Run one single operation (ComfyUI 'TIPO Single "
+                                        "Operation' node) instead of the planned passes; 'None' = tag expansion.")
+    profile: ProfileName | None = Field(None, description="'fixed' (the server default unless configured) "
+                                        "fixes the reference's bugs; 'kgen' reproduces tipo-kgen 0.3.1 + the "
+                                        "ComfyUI node byte for byte.")
+    frontend: Literal["comfy", "webui"] = Field("comfy", description="Reference front end to reproduce: "
+                                                "'comfy' (the ComfyUI TIPO node: four strings) or 'webui' (the "
+                                                "SD-WebUI script: one string in `prompt`; min_p is kgen's 0.1, "
+                                                "BREAK kept, <lora:...> re-appended).")
+    backend: Literal["llama_cpp", "transformers"] = Field(
+        "llama_cpp", validation_alias=AliasChoices("backend", "backend_emulated"),
+        description="Reference backend to emulate, for replaying recordings: 'transformers' decodes with "
+        "<s>/</s> and re-seeds the RNG before each call (changes tag order). Alias: backend_emulated.")
+    aspect_ratio: float | None = Field(None, gt=0, le=100, description="Overrides width/height (the WebUI "
+                                       "passes the ratio).")
+    no_formatting: bool = Field(False, description="WebUI 'No formatting': `prompt` is the unformatted prompt.")
+    return_trace: bool = Field(False, description="Include every model call: prompt, sampling (with seed) and "
+                               "completion.")
+    timeout_s: float | None = Field(None, gt=0, description="Give up after this many seconds (504); capped by "
+                                    "the server's request_timeout_s.")
+
+    @field_validator("ban_tags")
+    @classmethod
+    def _ban_list(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and any("," in entry for entry in value):
+            raise ValueError("a ban_tags list entry must not contain ',' (send one tag or regex per entry)")
+        return value
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in FORMAT_PRESETS and not ("<|" in value and "|>" in value):
+            raise ValueError("format must be a preset name (" + ", ".join(map(repr, FORMAT_PRESETS))
+                             + ") or a template with <|...|> placeholders")
+        return value
+
+    def ban_list(self) -> tuple[str, ...]:
+        entries = self.ban_tags.split(",") if isinstance(self.ban_tags, str) else self.ban_tags
+        return tuple(entry.strip() for entry in entries if entry.strip())
+
+
+class TipoBatchBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[TipoRequestBody] = Field(..., min_length=1, description="The requests; each keeps its own seed.")
+    n: int = Field(1, ge=1, le=64, description="Variants per request: variant i uses seed + i (with no seed "
+                   "a random base seed is drawn once per request). len(requests) * n <= the server's max_batch.")
+    timeout_s: float | None = Field(None, gt=0, description="Timeout of the whole batch (capped by the server).")
+
+
+class ModelCallTrace(BaseModel):
+    prompt: str = Field(description="The exact template text sent (the engine adds BOS).")
+    sampling: dict = Field(description="temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens, seed.")
+    completion: str = Field(description="Only what the model appended.")
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    start_s: float = Field(0.0, description="Call start, seconds after timings.started_at.")
+    end_s: float = Field(0.0, description="Call end, seconds after timings.started_at.")
+
+
+class TipoUsage(BaseModel):
+    model_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class TipoTimings(BaseModel):
+    started_at: float = Field(description="Unix time when processing started (trace times are relative to it).")
+    queue_ms: float = Field(description="Time waiting for a processing slot.")
+    engine_ms: float = Field(description="Sum of the model calls' durations.")
+    total_ms: float = Field(description="Time from admission to the answer.")
+
+
+class TipoResponse(BaseModel):
+    prompt: str = Field(description="The optimized prompt, formatted.")
+    user_prompt: str = Field(description="The user's own input, formatted the same way.")
+    unformatted_prompt: str
+    unformatted_user_prompt: str
+    tags: dict[str, list[str]] = Field(description="Result tags by category (copyrights, meta, artist, characters, "
+                                       "special, quality, rating, general).")
+    new_tags: list[str] = Field(description="Tags the model added (not in the user's input).")
+    captions: dict[str, str] = Field(description="'extended': the user's caption expanded; 'generated': a caption "
+                                     "written from the tags.")
+    seed: int = Field(description="The seed used (send it back to reproduce).")
+    model: str
+    profile: ProfileName
+    usage: TipoUsage
+    timings: TipoTimings
+    operation_output: dict | None = Field(None, description="Single operation only: the ComfyUI 'TIPO Single "
+                                          "Operation' node's maps, {'full_output': ..., 'addon_output': ...}.")
+    trace: list[ModelCallTrace] | None = None
+
+
+class TipoBatchItem(BaseModel):
+    index: int = Field(description="Position of the request in `requests`.")
+    variant: int = Field(description="0 .. n-1; uses seed + variant.")
+    result: TipoResponse | None = None
+    error: dict | None = Field(None, description="When this item failed: {message, type, param, code} as in "
+                               "error bodies.")
+
+
+class TipoBatchResponse(BaseModel):
+    data: list[TipoBatchItem]

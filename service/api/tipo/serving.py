@@ -1,0 +1,201 @@
+"""The logic of POST /v1/tipo and /v1/tipo/batch: build runners, drive them against the engine.
+
+A TIPO request is several model calls. `TipoServing.drive` loops `runner.next_call()` ->
+`await engine.generate(...)` -> `runner.feed(text)`. Each HTTP request runs in its own asyncio task,
+and a batch runs its runners with asyncio.gather, so the model calls of everything in flight reach
+the engine together and vLLM batches them (continuous batching).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from service.api.common import api_error_from, new_request_id, run_admitted
+from service.api.errors import ApiError
+from service.api.state import ServiceState
+from service.api.tipo.protocol import (
+    ModelCallTrace,
+    TipoBatchBody,
+    TipoBatchItem,
+    TipoBatchResponse,
+    TipoRequestBody,
+    TipoResponse,
+    TipoTimings,
+    TipoUsage,
+)
+from service.engine.base import EngineError
+from service.tipo.runner import TipoRequest, TipoResult, TipoRunner
+
+
+@dataclass
+class Drive:
+    """What driving one runner produced, besides its result."""
+
+    calls: list[ModelCallTrace] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    engine_s: float = 0.0
+
+
+class TipoServing:
+    def __init__(self, state: ServiceState):
+        self.state = state
+
+    # --- endpoints
+
+    async def tipo(self, body: TipoRequestBody, request: Request) -> TipoResponse:
+        runner = self.make_runner(body)
+        queued_at = time.perf_counter()
+
+        async def work() -> TipoResponse:
+            started = time.perf_counter()
+            return await self.run_one(runner, body, new_request_id("tipo"), started, queue_s=started - queued_at)
+
+        return await run_admitted(self.state, request, work, body.timeout_s)
+
+    async def batch(self, body: TipoBatchBody, request: Request) -> TipoBatchResponse:
+        total = len(body.requests) * body.n
+        if total > self.state.settings.max_batch:
+            raise ApiError(422, f"batch too large: {len(body.requests)} requests x n={body.n} = {total} runs; "
+                           f"the server allows at most {self.state.settings.max_batch} (max_batch)", param="requests")
+        # Build every runner first, so an invalid item fails the call before any model work.
+        jobs = []
+        for index, item in enumerate(body.requests):
+            base_seed = item.seed or random_seed()  # None or 0: random, as for a single request
+            for variant in range(body.n):
+                try:
+                    runner = self.make_runner(item, seed=base_seed + variant)
+                except ApiError as exc:
+                    exc.message = f"requests[{index}]: {exc.message}"
+                    exc.param = f"requests[{index}].{exc.param}" if exc.param else f"requests[{index}]"
+                    raise
+                jobs.append((index, variant, item, runner))
+        queued_at = time.perf_counter()
+        batch_id = new_request_id("tipobatch")
+
+        async def run_item(index: int, variant: int, item: TipoRequestBody, runner: TipoRunner) -> TipoBatchItem:
+            started = time.perf_counter()
+            try:
+                result = await self.run_one(runner, item, f"{batch_id}-{index}-{variant}", started,
+                                            queue_s=started - queued_at)
+            except (EngineError, ValueError) as exc:  # the item fails, the batch goes on
+                error = api_error_from(exc, self.state).body()["error"]
+                return TipoBatchItem(index=index, variant=variant, error=error)
+            return TipoBatchItem(index=index, variant=variant, result=result)
+
+        async def work() -> TipoBatchResponse:
+            items = await asyncio.gather(*(run_item(*job) for job in jobs))
+            return TipoBatchResponse(data=list(items))
+
+        return await run_admitted(self.state, request, work, body.timeout_s)
+
+    # --- shared with the chat endpoint
+
+    def make_runner(self, body: TipoRequestBody, seed: int | None = None) -> TipoRunner:
+        """Validate what depends on settings and build the runner; input problems -> ApiError 422."""
+        settings = self.state.settings
+        tag_count = len([t for t in body.tags.split(",") if t.strip()])
+        if tag_count > settings.max_tags:
+            raise ApiError(422, f"too many tags: {tag_count}; the server allows at most {settings.max_tags}",
+                           param="tags")
+        if len(body.nl_prompt) > settings.max_caption_chars:
+            raise ApiError(422, f"nl_prompt too long: {len(body.nl_prompt)} characters; the server allows at most "
+                           f"{settings.max_caption_chars}", param="nl_prompt")
+        core_request = to_core_request(body, profile=body.profile or settings.default_profile,
+                                       seed=seed if seed is not None else body.seed)
+        try:
+            return TipoRunner(core_request, self.state.tag_index)
+        except ValueError as exc:
+            raise api_error_from(exc, self.state) from None
+
+    async def run_one(self, runner: TipoRunner, body: TipoRequestBody, request_id: str, started: float,
+                      queue_s: float) -> TipoResponse:
+        drive = await self.drive(runner, request_id, started)
+        result = runner.result()
+        self.state.metrics.model_calls.observe(len(drive.calls))
+        return to_response(
+            result, body, drive,
+            model=self.state.model_name,
+            profile=body.profile or self.state.settings.default_profile,
+            queue_s=queue_s, total_s=time.perf_counter() - started,
+        )
+
+    async def drive(self, runner: TipoRunner, request_id: str, started: float) -> Drive:
+        drive = Drive()
+        while (call := runner.next_call()) is not None:
+            call_started = time.perf_counter()
+            completion = await self.state.generate(call.prompt, call.sampling, f"{request_id}-{len(drive.calls)}")
+            call_ended = time.perf_counter()
+            runner.feed(completion.text)
+            drive.engine_s += call_ended - call_started
+            drive.prompt_tokens += completion.prompt_tokens
+            drive.completion_tokens += completion.completion_tokens
+            drive.calls.append(ModelCallTrace(
+                prompt=call.prompt,
+                sampling=dataclasses.asdict(call.sampling),
+                completion=completion.text,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                finish_reason=completion.finish_reason,
+                start_s=round(call_started - started, 6),
+                end_s=round(call_ended - started, 6),
+            ))
+        return drive
+
+
+def random_seed() -> int:
+    return random.SystemRandom().randrange(1, 2**32)
+
+
+def to_core_request(body: TipoRequestBody, profile: str, seed: int | None) -> TipoRequest:
+    return TipoRequest(
+        tags=body.tags,
+        nl_prompt=body.nl_prompt,
+        width=body.width,
+        height=body.height,
+        tag_length=body.tag_length,
+        nl_length=body.nl_length,
+        ban_tags=body.ban_list(),
+        format=body.format,
+        seed=seed,  # None or 0: the runner draws one
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        min_p=body.min_p,
+        max_new_tokens=body.max_new_tokens,
+        operation=body.operation,
+        profile=profile,
+        frontend=body.frontend,
+        backend=body.backend,
+        aspect_ratio=body.aspect_ratio,
+        no_formatting=body.no_formatting,
+    )
+
+
+def to_response(result: TipoResult, body: TipoRequestBody, drive: Drive, *, model: str, profile: str,
+                queue_s: float, total_s: float) -> TipoResponse:
+    return TipoResponse(
+        prompt=result.prompt,
+        user_prompt=result.user_prompt,
+        unformatted_prompt=result.unformatted_prompt,
+        unformatted_user_prompt=result.unformatted_user_prompt,
+        tags=result.tags,
+        new_tags=result.new_tags,
+        captions=result.captions,
+        seed=result.seed,
+        model=model,
+        profile=profile,
+        usage=TipoUsage(model_calls=len(drive.calls), prompt_tokens=drive.prompt_tokens,
+                        completion_tokens=drive.completion_tokens),
+        timings=TipoTimings(started_at=round(time.time() - total_s, 6), queue_ms=round(queue_s * 1000, 3),
+                            engine_ms=round(drive.engine_s * 1000, 3), total_ms=round(total_s * 1000, 3)),
+        operation_output=({"full_output": result.full_map, "addon_output": result.addon_map}
+                          if result.full_map is not None else None),
+        trace=drive.calls if body.return_trace else None,
+    )
