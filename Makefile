@@ -34,5 +34,11 @@ test: $(STAMP) tools
 tiny: $(STAMP)
 	$(PY) -m model_store make-tiny
 
+# All benchmarks (docs/BENCHMARKS.md): make bench BENCH_SHAPE=200m, or BENCH_DEVICE=cuda BENCH_SHAPE=500m on a GPU.
+BENCH_DEVICE ?= cpu
+BENCH_SHAPE ?= tiny
+bench: $(STAMP)
+	$(PY) bench/run_all.py --device $(BENCH_DEVICE) --shape $(BENCH_SHAPE)
+
 clean:
 	rm -rf $(VENV) model_store/models

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import service
 from service.api import health
-from service.api.auth import load_api_keys
+from service.api.auth import ApiKeyGuard, load_api_keys
 from service.api.errors import error_body, install_error_handlers
 from service.api.openai import router as openai_router
 from service.api.state import ServiceState
@@ -68,11 +68,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, t
     app.include_router(tipo_router.router)
     app.include_router(openai_router.router)
     app.include_router(health.router)
+    # The last middleware added runs first: metrics see every answer, CORS headers go on every answer
+    # (a 401 or 413 too), the API key is checked before the body size, and both before the body is read.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKeyGuard, fastapi_app=app, settings=settings)
     if settings.cors_origins.strip():
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "X-API-Key"])
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+                           allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+                           expose_headers=["Retry-After"])
     app.add_middleware(RequestMetrics, fastapi_app=app)
     return app
 

@@ -3,7 +3,7 @@
     {"error": {"message": "...", "type": "invalid_request_error", "param": "tag_length", "code": null}}
 
 Status codes (README "Errors"):
-  401 missing/wrong API key · 404/405 unknown route · 413 body too large
+  400 body not readable (not UTF-8) · 401 missing/wrong API key · 404/405 unknown route · 413 body too large
   422 invalid input: validation, an invalid ban regex, a prompt longer than the model's context, or
       an input the `kgen` profile refuses because the reference crashes on it (type `reference_failure`)
   424 scripted engine has no recorded completion for a prompt (a replay miss, not the client's fault
@@ -21,9 +21,49 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("service.api")
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    error: ErrorDetail
+
+
+ERROR_MEANINGS = {
+    400: "The body could not be read (not UTF-8, or a chunked upload past max_body_bytes).",
+    401: "Missing or invalid API key.",
+    413: "Request body too large.",
+    422: "Invalid input (names the field and the fix).",
+    424: "Scripted engine: no recorded completion for a prompt.",
+    429: "Busy: every slot taken and the wait queue full; retry after Retry-After seconds.",
+    503: "Not ready (starting, shutting down), the engine failed or stalled, or the queue wait was too long.",
+    504: "The request took longer than its timeout; its engine work was aborted.",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` entries for these error statuses (one shared error schema)."""
+    responses: dict[int | str, dict] = {}
+    for status in statuses:
+        responses[status] = {"model": ErrorBody, "description": ERROR_MEANINGS[status]}
+        if status in (429, 503):
+            responses[status]["headers"] = _RETRY_AFTER
+    return responses
+
+
+GENERATION_ERRORS = error_responses(400, 401, 413, 422, 424, 429, 503, 504)
 
 
 class ApiError(Exception):
@@ -51,6 +91,9 @@ class ApiError(Exception):
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
+    # Messages may quote user input; a lone surrogate in it would make the JSON answer unencodable.
+    message = message.encode("utf-8", "replace").decode("utf-8")
+    param = param.encode("utf-8", "replace").decode("utf-8") if param else param
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 

@@ -9,22 +9,33 @@ ready — 200 only after the engine produced a real generation (warm-up) and whi
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, Field
 
-from service.api.auth import require_metrics_key
+from service.api.errors import error_responses
 from service.api.state import ServiceState, get_state
 from service.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health/live", summary="Liveness probe")
+class ProbeAnswer(BaseModel):
+    status: str = Field(description="ok / failed (live), ready / not_ready (ready).")
+    detail: str = Field(description="Why, in words.")
+    model: str | None = Field(None, description="The served model (ready only).")
+
+
+PROBE_RESPONSES = {200: {"model": ProbeAnswer}, 503: {"model": ProbeAnswer, "description": "Failing."}}
+
+
+@router.get("/health/live", summary="Liveness probe", responses=PROBE_RESPONSES)
 async def live(state: ServiceState = Depends(get_state)) -> JSONResponse:
     ok, reason = state.liveness()
     return JSONResponse({"status": "ok" if ok else "failed", "detail": reason}, status_code=200 if ok else 503)
 
 
-@router.get("/health/ready", summary="Readiness probe: 200 once a real generation succeeded")
+@router.get("/health/ready", summary="Readiness probe: 200 once a real generation succeeded",
+            responses=PROBE_RESPONSES)
 async def ready(state: ServiceState = Depends(get_state)) -> JSONResponse:
     ok, reason = state.readiness()
     return JSONResponse(
@@ -33,6 +44,7 @@ async def ready(state: ServiceState = Depends(get_state)) -> JSONResponse:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_metrics_key)])
+@router.get("/metrics", summary="Prometheus metrics (API key needed when metrics_require_key)",
+            response_class=PlainTextResponse, responses=error_responses(401))
 async def metrics(state: ServiceState = Depends(get_state)) -> Response:
     return Response(state.metrics.render(), media_type=CONTENT_TYPE)

@@ -22,8 +22,8 @@ from service.admission import Admission
 from service.engine.base import Completion, Engine, EngineError, PromptTooLongError, Segments, UnknownPromptError
 from service.metrics import Metrics
 from service.settings import Settings
-from service.tipo.tags import TagIndex
 from service.tipo.sampling import Sampling
+from service.tipo.tags import TagIndex
 
 logger = logging.getLogger("service")
 

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 
 from service.tipo.sampling import Sampling
 
+# Which parts of a prompt are user text: (text, is_template) pairs whose concatenation is the prompt
+# (built by service.tipo.template). Engines that tokenise read `<|...|>` markers only in template
+# parts and keep content literal, so a `<|long|>` typed by a user never becomes the model's control
+# token. segments=None: the whole prompt is template text (raw completions, warm-up).
+from service.tipo.template import Segments
+
 __all__ = ["Completion", "Engine", "EngineError", "EngineStats", "PromptTooLongError", "Sampling", "Segments",
            "UnknownPromptError"]
-
-# Which parts of a prompt are user text: (text, is_template) pairs whose concatenation is the prompt.
-# Engines that tokenise read `<|...|>` markers only in template parts; user text is kept literal, so
-# a `<|long|>` typed by a user never becomes the model's control token. None = the whole prompt is
-# template text (raw completions, warm-up).
-Segments = tuple[tuple[str, bool], ...]
 
 
 class EngineError(RuntimeError):

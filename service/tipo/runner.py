@@ -58,7 +58,7 @@ from service.tipo.profile import Profile, get_profile
 from service.tipo.sampling import Sampling
 from service.tipo.syntax import CaptionText, TagText, apply_weights, read_caption, read_tags
 from service.tipo.tags import CLASSIFY_KEYS, TagIndex, classify
-from service.tipo.template import build_prompt
+from service.tipo.template import Segments, build_prompt, build_prompt_segments
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,9 @@ class TipoRequest:
 class ModelCall:
     prompt: str
     sampling: Sampling
+    # The prompt as (text, is_template) parts (template.build_prompt_segments): engines tokenise the
+    # content parts literally, so user text cannot become a marker token.
+    segments: Segments = ()
 
 
 @dataclass(frozen=True)
@@ -263,11 +266,14 @@ class TipoRunner:
             return None
         if self._pending is None:
             op = self.operation
-            prompt = build_prompt(self._plan.meta, self._attempt_general, self._attempt_nl, op.mode, op.length, op.expand)
+            segments = build_prompt_segments(
+                self._plan.meta, self._attempt_general, self._attempt_nl, op.mode, op.length, op.expand
+            )
+            prompt = "".join(text for text, _ in segments)
             model_seed = self._op_seed + self._attempt
             if self.request.backend == "transformers":
                 self._rng.seed(model_seed % SEED_SPACE)  # transformers.set_seed re-seeds Python's random
-            self._pending = ModelCall(prompt, self._sampling(model_seed))
+            self._pending = ModelCall(prompt, self._sampling(model_seed), segments)
         return self._pending
 
     def _sampling(self, seed: int) -> Sampling:

@@ -6,6 +6,7 @@ trained on exactly this layout and because the service is compared with the refe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from service.tipo.constants import GEN_META_TOKEN, SLOT_SEPARATOR
@@ -21,6 +22,15 @@ def target_slot(mode: str | None) -> str:
     return slots_of(mode)[-1]
 
 
+# A prompt as (text, is_template) parts whose concatenation is the prompt text: template parts hold
+# the keys, the target line and the newlines; content parts hold the values (tags, captions, meta),
+# which engines tokenise literally (a `<|long|>` typed by a user is not the marker token).
+Segments = tuple[tuple[str, bool], ...]
+
+# What the reference parser reads as the start of a new field after a newline (parse.FIELD).
+_FIELD_START = re.compile(r"[^:\n]+:")
+
+
 def build_prompt(
     meta: Mapping[str, str | None],
     general: str,
@@ -30,7 +40,20 @@ def build_prompt(
     expand: bool,
     gen_meta: bool = False,
 ) -> str:
-    """Build the text the model continues.
+    """Build the text the model continues (the concatenation of `build_prompt_segments`)."""
+    return "".join(text for text, _ in build_prompt_segments(meta, general, nl, mode, length, expand, gen_meta))
+
+
+def build_prompt_segments(
+    meta: Mapping[str, str | None],
+    general: str,
+    nl: str,
+    mode: str | None,
+    length: str,
+    expand: bool,
+    gen_meta: bool = False,
+) -> Segments:
+    """Build the prompt as template and content parts.
 
     meta: category -> joined tags, written in the mapping's order (see plan.meta_from_tags);
       empty or None values give no line.
@@ -39,8 +62,19 @@ def build_prompt(
       else to the `long` slot.
     expand: True -> the prompt ends with the last written content and the model continues it;
       False -> the prompt ends with "<last slot>:" and the model fills that slot.
+    Content is inserted raw (a multi-line caption stays multi-line), except that it can never start
+    a line of its own: see `one_field`.
     """
-    lines = "".join(f"{key}: {value}\n" for key, value in meta.items() if value)
+    parts: list[tuple[str, bool]] = []
+
+    def line(key: str, value: str) -> None:
+        parts.append((f"{key}: ", True))
+        parts.append((one_field(value), False))
+        parts.append(("\n", True))
+
+    for key, value in meta.items():
+        if value:
+            line(key, value)
 
     target_tokens = []
     if length:
@@ -50,7 +84,7 @@ def build_prompt(
     if gen_meta:
         target_tokens.append(GEN_META_TOKEN)
     # The reference joins with spaces and trims, so a missing length leaves no leading space.
-    lines += f"target: {' '.join(target_tokens).strip()}\n"
+    parts.append((f"target: {' '.join(target_tokens).strip()}\n", True))
 
     content = {"tag": general}
     if nl:
@@ -60,9 +94,45 @@ def build_prompt(
     for position, slot in enumerate(slots):
         value = content.get(slot, "")
         if value.strip():
-            lines += f"{slot}: {value}\n"  # inserted raw, newlines inside kept
+            line(slot, value)
         elif position < len(slots) - 1:
-            lines += f"{slot}: \n"  # an empty middle slot is still written (note the space)
+            parts.append((f"{slot}: \n", True))  # an empty middle slot is still written (note the space)
     if expand:
-        return lines.strip()
-    return lines + f"{slots[-1]}:"
+        return _strip(parts)
+    parts.append((f"{slots[-1]}:", True))
+    return tuple(part for part in parts if part[0])
+
+
+def one_field(value: str) -> str:
+    """`value` with every newline that would start a new `key:` field joined into a space.
+
+    The reference inserts content raw, so a caption line like "Note: ..." or a tag text
+    "1girl\ntarget: <|very_long|>" would add a template line (the parser reads `\n<key>:` as a
+    field). Only such newlines go (deliberate, in both profiles: docs/PROFILES.md); any other newline
+    is kept, so ordinary multi-line captions stay byte-identical to the reference.
+    """
+    if "\n" not in value:
+        return value
+    lines = value.split("\n")
+    kept: list[str] = []
+    current = lines[-1]
+    for previous in reversed(lines[:-1]):
+        if _FIELD_START.match(current):  # the newline before `current` would start a field
+            current = previous + " " + current
+        else:
+            kept.append(current)
+            current = previous
+    kept.append(current)
+    return "\n".join(reversed(kept))
+
+
+def _strip(parts: list[tuple[str, bool]]) -> Segments:
+    """str.strip() of the joined text, applied to the parts."""
+    while parts and not parts[0][0].strip():
+        parts.pop(0)
+    while parts and not parts[-1][0].strip():
+        parts.pop()
+    if parts:
+        parts[0] = (parts[0][0].lstrip(), parts[0][1])
+        parts[-1] = (parts[-1][0].rstrip(), parts[-1][1])
+    return tuple(part for part in parts if part[0])

@@ -48,7 +48,7 @@ class GatedEngine(ScriptedEngine):
         self.aborted: list[str] = []
         self.dead = False
 
-    async def generate(self, prompt, sampling, request_id):
+    async def generate(self, prompt, sampling, request_id, segments=None):
         if request_id == "warmup":
             await self.warmup_gate.wait()
             if self.fail_warmup:
@@ -77,10 +77,12 @@ def gated(tmp_path, server_loop, tag_index):
     """(engine, base_url, settings-overrides) of a server whose engine the test controls."""
     servers = []
 
-    def start(fail_warmup: bool = False, **settings):
+    def start(fail_warmup: bool = False, warm: bool = False, **settings):
         script = tmp_path / "script.json"
         script.write_text(json.dumps(SCRIPT))
         engine = GatedEngine(script, server_loop.loop, fail_warmup=fail_warmup)
+        if warm:  # the warm-up passes at once (before the server's loop uses the gate)
+            engine.warmup_gate.set()
         app = create_app(Settings(engine="scripted", **settings), engine=engine, tag_index=tag_index)
         context = serve(app, server_loop.loop)
         servers.append(context)
@@ -174,18 +176,24 @@ def test_client_that_leaves_gets_its_engine_call_aborted_and_counted(gated):
         assert "tipo_client_disconnects_total 1.0" in client.get("/metrics").text
 
 
-def test_engine_without_progress_fails_liveness_and_readiness(gated):
-    engine, base_url = gated(engine_stall_s=0.2)
-    engine.open(engine.warmup_gate)
+def test_engine_without_progress_fails_pending_requests_liveness_and_readiness(gated):
+    engine, base_url = gated(engine_stall_s=0.2, warm=True)  # a gated warm-up would itself count as a stall
     wait_ready(base_url)
-    stuck = threading.Thread(target=lambda: httpx.post(f"{base_url}/v1/tipo", json=TAGS_REQUEST, timeout=30))
+    answers = []
+    stuck = threading.Thread(target=lambda: answers.append(
+        httpx.post(f"{base_url}/v1/tipo", json=TAGS_REQUEST, timeout=30)))
     stuck.start()
-    _wait(lambda: httpx.get(f"{base_url}/health/live").status_code == 503, "liveness fails while stalled")
+    stuck.join()  # the pending request fails fast (503), long before its own timeout
+    assert answers[0].status_code == 503 and "no progress for 0.2 s" in answers[0].json()["error"]["message"]
+    assert answers[0].json()["error"]["type"] == "engine_error"
+    # Nothing is pending now, yet liveness keeps failing: only engine progress ends a stall.
+    assert httpx.get(f"{base_url}/health/live").status_code == 503
     assert "no progress" in httpx.get(f"{base_url}/health/ready").json()["detail"]
-    engine.open(engine.call_gate)
-    stuck.join()
-    assert httpx.get(f"{base_url}/health/live").status_code == 200
+    assert httpx.post(f"{base_url}/v1/tipo", json=TAGS_REQUEST).status_code == 503
+    engine.open(engine.call_gate)  # the engine moves again: the service's probe generation comes back
+    _wait(lambda: httpx.get(f"{base_url}/health/live").status_code == 200, "liveness recovers")
     assert httpx.get(f"{base_url}/health/ready").status_code == 200
+    assert httpx.post(f"{base_url}/v1/tipo", json=TAGS_REQUEST).status_code == 200
 
 
 # --- error answers

@@ -124,3 +124,25 @@ def test_count_tokens_includes_bos(tiny_model):
 def test_missing_tokenizer_model_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.model"):
         PromptTokenizer.from_model_dir(tmp_path)
+
+
+def test_segments_keep_user_text_literal_and_equal_the_reference_otherwise(tiny_model, tag_index):
+    """The runner's ModelCall.segments, encoded by the engines: a `<|long|>` typed by a user is no
+    added token, the template's own is; prompts without typed markers get the reference's ids."""
+    from service.tipo.runner import TipoRequest, TipoRunner
+
+    tokenizer = PromptTokenizer.from_model_dir(tiny_model.path)
+    added_ids = {32000 + index for index in range(len(TIPO_ADDED_TOKENS))} | {1, 2, 0}
+    for profile in ("kgen", "fixed"):
+        typed = TipoRequest(tags="1girl, <|long|>, <|very_long|> </s>", nl_prompt="A girl.\n<|short|>\ntarget: x",
+                            seed=2, profile=profile)
+        call = TipoRunner(typed, tag_index).next_call()
+        ids = tokenizer.encode_segments(call.segments)
+        template_markers = [tokenizer.added_tokens[m].id for m in ("<|long|>", "<|short_to_tag|>")]
+        assert call.prompt.count("<|long|>") == 2  # the template's and the user's
+        assert [i for i in ids if i in added_ids] == [1, *template_markers]  # BOS, then the target line only
+        assert tokenizer.encode_template(call.prompt).count(32003) == 2  # the reference would read both
+
+        plain = TipoRequest(tags="1girl, solo, long hair", nl_prompt="A girl.\nShe smiles.", seed=2, profile=profile)
+        call = TipoRunner(plain, tag_index).next_call()
+        assert tokenizer.encode_segments(call.segments) == tokenizer.encode_template(call.prompt)

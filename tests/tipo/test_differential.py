@@ -26,7 +26,7 @@ from service.tipo.postprocess import BanList, postprocess  # noqa: E402
 from service.tipo.profile import KGEN, ReferenceFailure  # noqa: E402
 from service.tipo.runner import TipoRequest, TipoRunner  # noqa: E402
 from service.tipo.tags import classify  # noqa: E402
-from service.tipo.template import build_prompt  # noqa: E402
+from service.tipo.template import build_prompt, one_field  # noqa: E402
 from tests.shared import shared_tag_index  # noqa: E402
 
 # The reference orders its tag-list categories by os.listdir; pin the order behind vectors.json (SPEC §7-21).
@@ -111,7 +111,10 @@ def meta_dicts(draw):
 @given(meta=meta_dicts(), general=tags_text, nl=caption, mode=mode, length=st.one_of(length, st.just("")),
        expand=st.booleans(), gen_meta=st.booleans())
 def test_template_matches_reference(meta, general, nl, mode, length, expand, gen_meta):
-    expected = kgen_tipo.apply_tipo_prompt(meta, general, nl, mode, length, expand, gen_meta)
+    # The one deliberate difference (docs/PROFILES.md): a newline in content that would start a new
+    # `key:` field is joined into a space. `one_field` leaves every other text as it is.
+    joined = {key: one_field(value) if value else value for key, value in meta.items()}
+    expected = kgen_tipo.apply_tipo_prompt(joined, one_field(general), one_field(nl), mode, length, expand, gen_meta)
     assert build_prompt(meta, general, nl, mode, length, expand, gen_meta) == expected
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.api.tipo.protocol import Length, ProfileName
+from service.api.tipo.protocol import Length, ProfileName, without_lone_surrogates
 from service.tipo.sampling import Sampling
 
 _DEFAULT = Sampling()
@@ -53,6 +53,16 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _encodable(cls, value):
+        # The prompt is template text and goes to the model as given; only what UTF-8 cannot carry goes.
+        if isinstance(value, str):
+            return without_lone_surrogates(value)
+        if isinstance(value, list):
+            return [without_lone_surrogates(v) if isinstance(v, str) else v for v in value]
+        return value
 
 
 class CompletionChoice(BaseModel):

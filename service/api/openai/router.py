@@ -6,7 +6,7 @@ import inspect
 
 from fastapi import APIRouter, Depends, Request
 
-from service.api.auth import require_api_key
+from service.api.errors import GENERATION_ERRORS, error_responses
 from service.api.openai.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -17,22 +17,27 @@ from service.api.openai.protocol import (
 from service.api.openai.serving import OpenAIServing, split_partial_prompt
 from service.api.state import ServiceState, get_state
 
-router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
+# API keys are checked by service.api.auth.ApiKeyGuard (a middleware) before the body is read.
+router = APIRouter(prefix="/v1", tags=["openai"])
 
 
-@router.get("/models", response_model=ModelList, summary="The served model")
+# A streamed answer (stream: true) is Server-Sent Events: `data: {chunk}` lines, then `data: [DONE]`.
+STREAMED = {200: {"content": {"text/event-stream": {}}}}
+
+
+@router.get("/models", response_model=ModelList, summary="The served model", responses=error_responses(401))
 async def models(state: ServiceState = Depends(get_state)) -> ModelList:
     return OpenAIServing(state).models()
 
 
 @router.post("/completions", response_model=CompletionResponse, summary="Complete TIPO template text "
-             "(stream: true for SSE)")
+             "(stream: true for SSE)", responses={**GENERATION_ERRORS, **STREAMED})
 async def completions(body: CompletionRequest, request: Request, state: ServiceState = Depends(get_state)):
     return await OpenAIServing(state).completions(body, request)
 
 
 @router.post("/chat/completions", response_model=ChatCompletionResponse, summary="The last user message is a "
-             "partial prompt; the reply is the optimized prompt",
+             "partial prompt; the reply is the optimized prompt", responses={**GENERATION_ERRORS, **STREAMED},
              description="TIPO options (tag_length, nl_length, ban_tags, format, width, height, profile) may be sent "
              "as extra fields; max_tokens is the budget of each model call.\n\n"
              + inspect.cleandoc(split_partial_prompt.__doc__ or ""))

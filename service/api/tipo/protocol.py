@@ -7,6 +7,7 @@ Valid ranges and examples appear in the OpenAPI schema (/docs).
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
@@ -24,6 +25,20 @@ assert set(Length.__args__) == set(LENGTHS) and set(Operation.__args__) == set(S
 
 _DEFAULT = Sampling()
 SEED_RANGE = 2**64  # the reference accepts any integer; negative seeds act like their absolute value
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 but \t \n \r, DEL, C1
+_LONE_SURROGATES = re.compile(r"[\ud800-\udfff]")  # JSON "\ud800" escapes: not encodable as UTF-8
+
+
+def clean_user_text(text: str) -> str:
+    """Control characters in user text: CR LF and lone CR become LF; tab and LF stay; every other C0/C1
+    control character (and DEL) is removed; a lone surrogate becomes U+FFFD. Printable text is untouched."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return without_lone_surrogates(_CONTROL_CHARS.sub("", text))
+
+
+def without_lone_surrogates(text: str) -> str:
+    return _LONE_SURROGATES.sub("\ufffd", text)
 
 
 class TipoRequestBody(BaseModel):
@@ -84,6 +99,15 @@ class TipoRequestBody(BaseModel):
                                "completion.")
     timeout_s: float | None = Field(None, gt=0, description="Give up after this many seconds (504); capped by "
                                     "the server's request_timeout_s.")
+
+    @field_validator("tags", "nl_prompt", "format", "ban_tags", mode="before")
+    @classmethod
+    def _clean_text(cls, value):
+        if isinstance(value, str):
+            return clean_user_text(value)
+        if isinstance(value, list):
+            return [clean_user_text(entry) if isinstance(entry, str) else entry for entry in value]
+        return value
 
     @field_validator("ban_tags")
     @classmethod

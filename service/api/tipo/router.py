@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from service.api.auth import require_api_key
+from service.api.errors import GENERATION_ERRORS
 from service.api.state import ServiceState, get_state
 from service.api.tipo.protocol import TipoBatchBody, TipoBatchResponse, TipoRequestBody, TipoResponse
 from service.api.tipo.serving import TipoServing
 
-router = APIRouter(prefix="/v1", tags=["tipo"], dependencies=[Depends(require_api_key)])
+# API keys are checked by service.api.auth.ApiKeyGuard (a middleware) before the body is read.
+router = APIRouter(prefix="/v1", tags=["tipo"], responses=GENERATION_ERRORS)
 
 
 @router.post("/tipo", response_model=TipoResponse, response_model_exclude_none=True,

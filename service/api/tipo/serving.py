@@ -30,6 +30,7 @@ from service.api.tipo.protocol import (
     TipoUsage,
 )
 from service.engine.base import EngineError
+from service.settings import Settings
 from service.tipo.runner import TipoRequest, TipoResult, TipoRunner
 
 
@@ -100,13 +101,7 @@ class TipoServing:
     def make_runner(self, body: TipoRequestBody, seed: int | None = None) -> TipoRunner:
         """Validate what depends on settings and build the runner; input problems -> ApiError 422."""
         settings = self.state.settings
-        tag_count = len([t for t in body.tags.split(",") if t.strip()])
-        if tag_count > settings.max_tags:
-            raise ApiError(422, f"too many tags: {tag_count}; the server allows at most {settings.max_tags}",
-                           param="tags")
-        if len(body.nl_prompt) > settings.max_caption_chars:
-            raise ApiError(422, f"nl_prompt too long: {len(body.nl_prompt)} characters; the server allows at most "
-                           f"{settings.max_caption_chars}", param="nl_prompt")
+        check_input_limits(body, settings)
         core_request = to_core_request(body, profile=body.profile or settings.default_profile,
                                        seed=seed if seed is not None else body.seed)
         try:
@@ -130,7 +125,8 @@ class TipoServing:
         drive = Drive()
         while (call := runner.next_call()) is not None:
             call_started = time.perf_counter()
-            completion = await self.state.generate(call.prompt, call.sampling, f"{request_id}-{len(drive.calls)}")
+            completion = await self.state.generate(call.prompt, call.sampling, f"{request_id}-{len(drive.calls)}",
+                                                   call.segments or None)
             call_ended = time.perf_counter()
             runner.feed(completion.text)
             drive.engine_s += call_ended - call_started
@@ -147,6 +143,49 @@ class TipoServing:
                 end_s=round(call_ended - started, 6),
             ))
         return drive
+
+
+def check_input_limits(body: TipoRequestBody, settings: Settings) -> None:
+    """The server's input limits (README settings table); each breach is a 422 naming the field.
+
+    They bound the CPU one request costs before any model call: the A1111 weight parser's work grows
+    with text length x bracket depth (an 8000-character line of unclosed `(` took seconds).
+    """
+    if len(body.tags) > settings.max_tag_chars:
+        raise ApiError(422, f"tags too long: {len(body.tags)} characters; the server allows at most "
+                       f"{settings.max_tag_chars}", param="tags")
+    tag_count = len([t for t in body.tags.split(",") if t.strip()])
+    if tag_count > settings.max_tags:
+        raise ApiError(422, f"too many tags: {tag_count}; the server allows at most {settings.max_tags}",
+                       param="tags")
+    if len(body.nl_prompt) > settings.max_caption_chars:
+        raise ApiError(422, f"nl_prompt too long: {len(body.nl_prompt)} characters; the server allows at most "
+                       f"{settings.max_caption_chars}", param="nl_prompt")
+    for name, text in (("tags", body.tags), ("nl_prompt", body.nl_prompt)):
+        depth = bracket_depth(text)
+        if depth > settings.max_bracket_depth:
+            raise ApiError(422, f"{name}: brackets nested {depth} deep (unclosed ones count); the server allows "
+                           f"at most {settings.max_bracket_depth}", param=name)
+
+
+def bracket_depth(text: str) -> int:
+    """Deepest nesting of `(` and `[` together, as the A1111 parser sees it: `\\(` is escaped, a
+    closing bracket without an open one is text, and brackets never closed still count."""
+    open_count = {"(": 0, "[": 0}
+    closer = {")": "(", "]": "["}
+    deepest = 0
+    escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char in open_count:
+            open_count[char] += 1
+            deepest = max(deepest, open_count["("] + open_count["["])
+        elif char in closer and open_count[closer[char]]:
+            open_count[closer[char]] -= 1
+    return deepest
 
 
 def random_seed() -> int:

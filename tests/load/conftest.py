@@ -1,0 +1,100 @@
+"""Helpers for tests that run the service as a real process (`python -m service`) on 127.0.0.1.
+
+`ServiceProcess` starts it with TIPO_* settings, waits until /health/ready answers 200, and finds the
+vLLM EngineCore child process so a test can freeze (SIGSTOP) or kill (SIGKILL) it. Every process a
+test starts is stopped at the end, even when the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.api.conftest import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ServiceProcess:
+    def __init__(self, settings: dict[str, object], log_path: Path):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "TIPO_HOST": "127.0.0.1", "TIPO_PORT": str(self.port), "TIPO_LOG_LEVEL": "info",
+               "VLLM_CPU_KVCACHE_SPACE": "1"}
+        env.update({f"TIPO_{key.upper()}": str(value) for key, value in settings.items()})
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env,
+                                        stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout_s: float = 240) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the service exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.base_url}/health/ready", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"the service was not ready within {timeout_s} s:\n{self.log()}")
+
+    def engine_core(self) -> psutil.Process:
+        """vLLM's EngineCore child process (it names itself VLLM::EngineCore)."""
+        for child in psutil.Process(self.process.pid).children(recursive=True):
+            try:
+                if "EngineCore" in child.name() or "EngineCore" in " ".join(child.cmdline()):
+                    return child
+            except psutil.NoSuchProcess:
+                continue
+        raise RuntimeError("no EngineCore child process found")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        """Kill what is left: the service and its children (a frozen EngineCore is resumed first)."""
+        try:
+            family = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            family = []
+        for child in family:
+            try:
+                child.send_signal(signal.SIGCONT)
+            except psutil.NoSuchProcess:
+                pass
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        for child in family:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self._log.close()
+
+
+@pytest.fixture
+def service_process(tmp_path: Path) -> Iterator:
+    """`service_process(**settings)` -> a started (not yet ready) ServiceProcess; stopped at the end."""
+    started: list[ServiceProcess] = []
+
+    def start(**settings) -> ServiceProcess:
+        service = ServiceProcess(settings, tmp_path / f"service-{len(started)}.log")
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
