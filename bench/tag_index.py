@@ -26,8 +26,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from service.tag_lists import find_tag_list_dir, load_tag_index  # noqa: E402
-from service.tipo.tags import (  # noqa: E402
+from service.tag_lists import find_tag_list_dir, load_tag_index
+from service.tipo.tags import (
     CATEGORY_ORDER,
     LIST_FILE_CATEGORIES,
     QUALITY_TAGS,
@@ -125,7 +125,7 @@ def child(kind: str) -> dict:
     requests = [queries[i : i + 30] for i in range(0, len(queries), 30)]
     if kind == "ours":
         lookup = index.category
-        classify_one = lambda tags: classify(tags, index)  # noqa: E731
+        classify_one = lambda tags: classify(tags, index)
     else:
         def lookup(tag):
             for category in CATEGORY_ORDER:
@@ -133,7 +133,7 @@ def child(kind: str) -> dict:
                     return category
             return None
 
-        classify_one = lambda tags: classify_with_sets(tags, sets)  # noqa: E731
+        classify_one = lambda tags: classify_with_sets(tags, sets)
     return {
         "load_s": round(load_s, 4),
         "rss_added_mib": round(rss_added, 1),

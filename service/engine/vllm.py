@@ -14,6 +14,7 @@ Choices that keep outputs equal to the reference:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -126,7 +127,9 @@ class VllmEngine(Engine):
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.kv_cache_gib))
         args = engine_args(self.settings, self.model, self.model_name)
         try:
-            self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[_snapshot_logger_factory(self._snapshot)])
+            # In a worker thread: loading takes seconds to minutes and the probes must keep answering.
+            self._llm = await asyncio.to_thread(
+                AsyncLLM.from_engine_args, args, stat_loggers=[_snapshot_logger_factory(self._snapshot)])
         except Exception as exc:
             raise EngineError(f"vLLM could not load {self.model.path}: {exc}") from exc
         self.start_seconds = time.monotonic() - started
