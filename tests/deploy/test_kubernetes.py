@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import copy
 import re
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 from urllib.parse import urlparse
 
 import kubernetes_validate
