@@ -2,20 +2,20 @@
 
 The four big lists (artists, characters, copyrights, meta tags; ~957k tags, 15 MB of text) come
 from tipo-kgen's `tag-list/*.txt`; `service/tag_lists.py` reads them. The reference loads them into
-Python sets (~120 MB RSS). Here each list is one sorted, newline-joined `bytes` blob searched by
-bisection on byte positions: ~15 MB in memory, no per-tag objects, and the blobs are immutable, so
-one index is shared by every request.
-
-Most lookups miss (a general tag is in none of the lists; `category` tries the lists in order). Per
-list, a sorted array of the CRC-32 of its tags (4 bytes a tag, ~4 MB in all) answers most misses with
-one C-level bisection; only a tag whose checksum is listed pays for the blob search.
+Python sets (~120 MB RSS, no per-tag objects here). Each list stays one immutable `bytes` blob, one
+tag a line, in file order, plus a sorted `array('Q')` of `crc32(tag) << 32 | offset of its line`
+(8 bytes a tag). A lookup is one C-level bisection on the checksum, then a comparison with the line
+(or lines) holding that checksum; most lookups miss and stop at the bisection. Building it sorts
+integers, not strings, so it loads fast, and one index is shared by every request.
 """
 
 from __future__ import annotations
 
+import operator
 import zlib
 from array import array
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
+from itertools import accumulate, chain, compress, count, repeat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -41,36 +41,28 @@ CATEGORY_ORDER = LIST_FILE_CATEGORIES + ("special", "quality", "rating")
 CLASSIFY_KEYS = CATEGORY_ORDER + ("general",)
 
 
-def _sorted_blob(lines: list[bytes]) -> bytes:
-    """Sort `lines` in place and join them; empty lines are dropped (they sort first)."""
-    lines.sort()
-    del lines[: bisect_right(lines, b"")]
-    return b"\n".join(lines)
+def _line_index(blob: bytes) -> array:
+    """Sorted `crc32(line) << 32 | start offset of the line` for every non-empty line of `blob`.
+
+    Everything runs in C (map / accumulate over the split lines); the offset of line i is the sum
+    of the lengths of the lines before it plus one newline each.
+    """
+    lines = blob.split(b"\n")
+    starts = map(operator.add, accumulate(chain((0,), map(len, lines))), count())
+    keys = map(operator.or_, map(operator.lshift, map(zlib.crc32, lines), repeat(32)), starts)
+    return array("Q", sorted(compress(keys, lines)))  # blank lines (a final newline) dropped
 
 
-def _blob_contains(blob: bytes, key: bytes) -> bool:
-    """Binary search for the line `key` in a sorted, newline-joined blob (bytes order = str order
-    for UTF-8)."""
-    low, high = 0, len(blob)
-    while low < high:
-        middle = (low + high) // 2
-        start = blob.rfind(b"\n", 0, middle) + 1
-        end = blob.find(b"\n", middle)
-        if end == -1:
-            end = len(blob)
-        line = blob[start:end]
-        if line == key:
+def _blob_contains(blob: bytes, index: array, key: bytes) -> bool:
+    """Whether `key` is a line of `blob`, through its `_line_index`."""
+    checksum = zlib.crc32(key) << 32
+    position = bisect_left(index, checksum)
+    while position < len(index) and index[position] >> 32 == checksum >> 32:
+        start = index[position] & 0xFFFFFFFF
+        if blob.startswith(key, start) and blob[start + len(key) : start + len(key) + 1] in (b"\n", b""):
             return True
-        if line < key:
-            low = end + 1
-        else:
-            high = start
+        position += 1
     return False
-
-
-def _sorted_array_contains(values: array, value: int) -> bool:
-    position = bisect_left(values, value)
-    return position < len(values) and values[position] == value
 
 
 @dataclass(frozen=True)
@@ -81,28 +73,23 @@ class TagIndex:
     for tests); `service.tag_lists.load_tag_index()` builds the real one.
     """
 
-    sorted_lists: Mapping[str, bytes]  # category -> sorted newline-joined tags (file categories)
+    lists: Mapping[str, bytes]  # category -> its tags, one a line (file categories)
     fixed_lists: Mapping[str, frozenset[str]]  # special / quality / rating
-    # category -> sorted CRC-32 of its tags (file categories): a checksum not in it means "not listed".
-    checksums: Mapping[str, array] = field(default_factory=dict, repr=False)
+    line_indexes: Mapping[str, array] = field(repr=False)  # category -> `_line_index` of its blob
 
     @classmethod
     def from_list_files(cls, contents: Iterable[tuple[str, bytes]]) -> TagIndex:
         """`contents`: (category, file bytes) pairs, one tag per line (CRLF, LF or CR).
 
-        An iterator lets the caller read one file at a time (each file's temporary line list is
-        freed before the next one is read). Missing categories are empty.
+        An iterator lets the caller read one file at a time. Missing categories are empty.
         """
-        sorted_lists = {category: b"" for category in LIST_FILE_CATEGORIES}
-        checksums = {category: array("I") for category in LIST_FILE_CATEGORIES}
+        lists = {category: b"" for category in LIST_FILE_CATEGORIES}
         for category, data in contents:
-            if category not in sorted_lists:
+            if category not in lists:
                 raise ValueError(f"unknown tag list {category!r}; expected one of {LIST_FILE_CATEGORIES}")
-            lines = data.splitlines()
-            del data
-            checksums[category] = array("I", sorted(map(zlib.crc32, lines)))
-            sorted_lists[category] = _sorted_blob(lines)
-        return cls(sorted_lists=sorted_lists, fixed_lists=_fixed_lists(), checksums=checksums)
+            lists[category] = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        line_indexes = {category: _line_index(blob) for category, blob in lists.items()}
+        return cls(lists=lists, fixed_lists=_fixed_lists(), line_indexes=line_indexes)
 
     @classmethod
     def from_tags(cls, tags: Mapping[str, Iterable[str]]) -> TagIndex:
@@ -115,11 +102,7 @@ class TagIndex:
             return tag in fixed
         if not tag or "\n" in tag or "\r" in tag:
             return False  # never a line of a list
-        key = tag.encode("utf-8")
-        checksums = self.checksums.get(category)
-        if checksums is not None and not _sorted_array_contains(checksums, zlib.crc32(key)):
-            return False  # not listed: the usual answer, without a blob search
-        return _blob_contains(self.sorted_lists[category], key)
+        return _blob_contains(self.lists[category], self.line_indexes[category], tag.encode("utf-8"))
 
     def category(self, tag: str) -> str | None:
         """The first category (in `CATEGORY_ORDER`) that holds `tag` exactly, or None."""
@@ -130,7 +113,7 @@ class TagIndex:
 
     def sizes(self) -> dict[str, int]:
         """Tags per category."""
-        counts = {c: blob.count(b"\n") + 1 if blob else 0 for c, blob in self.sorted_lists.items()}
+        counts = {c: len(index) for c, index in self.line_indexes.items()}
         counts.update({c: len(tags) for c, tags in self.fixed_lists.items()})
         return counts
 
