@@ -16,11 +16,18 @@ from service.tipo.profile import Profile, ReferenceFailure
 
 
 class InvalidBanTag(ValueError):
-    """A ban entry is neither usable as a substring-only entry nor a valid regular expression."""
+    """A ban entry that is not a valid regular expression, or one that could take exponential time."""
 
     def __init__(self, entry: str, reason: str):
         super().__init__(f"ban tag {entry!r} is not a valid regular expression: {reason}")
         self.entry = entry
+
+
+# A quantified group that itself holds a quantifier (`(a+)+`, `(\w*)*`, `(x{1,}){2,}`): the classic
+# catastrophic-backtracking shape. Tags are short, but `(a+)+$` against 30 characters already runs
+# for minutes and would block every request; the reference would hang there.
+_QUANTIFIER = r"(?:[+*]|\{\d*,\d*\})"
+_NESTED_QUANTIFIER = re.compile(rf"\((?:[^()\\]|\\.)*{_QUANTIFIER}(?:[^()\\]|\\.)*\){_QUANTIFIER}")
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,9 @@ class BanList:
                 patterns.append(re.compile(entry))
             except re.error as error:
                 raise InvalidBanTag(entry, str(error)) from None
+            if _NESTED_QUANTIFIER.search(entry):
+                raise InvalidBanTag(entry, "a quantified group holding a quantifier, like (a+)+, can take "
+                                   "exponential time; write it without the nesting, e.g. a+")
         return cls(entries, tuple(patterns))
 
     def bans(self, tag: str) -> bool:

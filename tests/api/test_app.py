@@ -209,6 +209,7 @@ def server(scripted_server):
     ({"tags": "1girl", "colour": "red"}, "colour", "Extra inputs are not permitted"),
     ({"tags": "1girl", "format": "fancy"}, "format", "preset name"),
     ({"tags": "1girl", "ban_tags": "(["}, "ban_tags", "not a valid regular expression"),
+    ({"tags": "1girl", "ban_tags": "sky, (a+)+$"}, "ban_tags", "exponential time"),
     ({"tags": "1girl", "operation": "tag_to_everything"}, "operation", "'None', 'long_to_tag'"),
     ({"tags": ", ".join(["x"] * 600)}, "tags", "at most 512"),
 ])

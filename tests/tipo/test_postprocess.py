@@ -34,6 +34,18 @@ def test_invalid_ban_regex_is_a_clear_value_error_naming_the_entry(profile):
     assert isinstance(caught.value, ValueError) and caught.value.entry == "(unclosed"
 
 
+@pytest.mark.parametrize("entry", ["(a+)+", "(\\w*)*$", "x(y{1,}){2,}"])
+def test_a_ban_regex_with_nested_quantifiers_is_refused_before_it_can_hang(entry):
+    with pytest.raises(InvalidBanTag, match="exponential time"):
+        BanList.of([entry])
+
+
+def test_ban_regexes_without_nested_quantifiers_are_accepted():
+    BanList.of(["(a+)?"])  # accepted (it matches the empty start of every tag, as in the reference)
+    bans = BanList.of(["(ab|cd)+", ".*hair", "\\(a+\\)+"])
+    assert bans.keep(["long hair", "cdcd x", "smile"]) == ["smile"]
+
+
 def test_ban_applies_to_every_list_including_user_tags_but_not_captions():
     parsed = {"rating": ["sensitive"], "special": ["1girl"], "general": ["blue sky", "smile"],
               "extended": "The sky is blue", "tag": ["blue sky"]}
