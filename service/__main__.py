@@ -38,11 +38,14 @@ def main(argv: list[str] | None = None) -> None:
     settings = resolve_model(settings)
 
     from service.app import create_app
+    from service.server import uvicorn_config
 
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_grace_s)))
+    config = uvicorn_config(app, settings, timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_grace_s)))
     DrainingServer(config, app, settings.shutdown_grace_s).run()
+
+
+LAST_ANSWERS_S = 3  # after the drain: time for the last answers to go out
 
 
 class DrainingServer(uvicorn.Server):
@@ -50,8 +53,9 @@ class DrainingServer(uvicorn.Server):
 
     First SIGTERM (or Ctrl+C): readiness turns 503 and new requests get 503 at once, while the port
     stays open so probes and load balancers see it; requests already admitted (running or queued) run
-    to the end, for at most `grace_s`. Then uvicorn stops as usual: it closes the port, lets the last
-    answers go out, and the app's lifespan shuts the engine down. A second signal stops at once.
+    to the end, for at most `grace_s`. What still runs then is ended: a 503 in the JSON error shape,
+    or an error event that ends a stream. Then uvicorn stops as usual: it closes the port, lets the
+    last answers go out, and the app's lifespan shuts the engine down. A second signal stops at once.
     The process exits 0 (plain uvicorn re-raises SIGTERM after its shutdown: exit status 143).
     """
 
@@ -70,7 +74,7 @@ class DrainingServer(uvicorn.Server):
         self.drain_deadline = time.monotonic() + self.grace_s
         state = getattr(self.app.state, "service", None)
         if state is not None:
-            state.shutting_down = True
+            state.lifecycle.draining()
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain_deadline is not None and not self.should_exit:
@@ -83,10 +87,12 @@ class DrainingServer(uvicorn.Server):
             left_s = self.drain_deadline - time.monotonic()
             if busy == 0 or left_s <= 0:
                 if busy:
-                    logger.warning("shutdown grace of %g s is over with %d request(s) unfinished",
-                                   self.grace_s, busy)
-                # What is left of the grace, for uvicorn's own wait for the last answers to go out.
-                self.config.timeout_graceful_shutdown = max(1, math.ceil(left_s))
+                    logger.warning("shutdown grace of %g s is over with %d engine sequence(s) unfinished: "
+                                   "answering them 503 (streams: an error event)", self.grace_s, busy)
+                    state.lifecycle.stop_now()
+                    state.admission.close()
+                # Time for the last answers to go out before uvicorn cancels what is left.
+                self.config.timeout_graceful_shutdown = LAST_ANSWERS_S
                 self.should_exit = True
         return await super().on_tick(counter)
 

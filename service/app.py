@@ -28,10 +28,13 @@ from service.api.errors import error_body, install_error_handlers
 from service.api.openai import router as openai_router
 from service.api.state import ServiceState
 from service.api.tipo import router as tipo_router
-from service.engine.base import Engine
+from service.engine.base import Engine, EngineUnavailable
 from service.settings import Settings
 
 logger = logging.getLogger("service")
+
+START_BACKOFF_FIRST_S = 0.5
+START_BACKOFF_MAX_S = 8.0
 
 DESCRIPTION = """Expands partial text-to-image prompts with the TIPO language models.
 
@@ -52,14 +55,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, t
         state = ServiceState(settings=settings, engine=engine or _build_engine(settings), tag_index=tag_index,
                              api_keys=load_api_keys(settings))
         app.state.service = state
-        startup = asyncio.ensure_future(_start(state, owns_engine))
+        background = [asyncio.create_task(_start(state, owns_engine)), asyncio.create_task(state.gateway.watch())]
         try:
             yield
         finally:
-            state.shutting_down = True
-            startup.cancel()
-            await asyncio.gather(startup, return_exceptions=True)
-            await state.close()
+            state.lifecycle.draining()
+            state.admission.close()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             if owns_engine:
                 await state.engine.shutdown()
 
@@ -88,25 +92,38 @@ def _build_engine(settings: Settings) -> Engine:
 
 
 async def _start(state: ServiceState, owns_engine: bool) -> None:
+    """Loading: engine, tag lists, warm-up. An engine that cannot be reached yet (a remote upstream
+    still starting) keeps the service loading and is tried again with backoff; any other failure is
+    final (failed: liveness fails, the orchestrator restarts the process)."""
+    lifecycle = state.lifecycle
+    backoff = START_BACKOFF_FIRST_S
     try:
-        if owns_engine:
-            state.not_ready_reason = "starting: loading the model"
-            await state.engine.start()
         if state.tag_index is None:
-            state.not_ready_reason = "starting: loading the tag lists"
+            lifecycle.loading("starting: loading the tag lists")
             from service.tag_lists import load_tag_index
 
             state.tag_index = await asyncio.to_thread(load_tag_index)
-        state.not_ready_reason = "starting: warm-up generation"
-        started = time.perf_counter()
-        await state.warm_up()
+        while True:
+            try:
+                if owns_engine:
+                    lifecycle.loading("starting: loading the model")
+                    await state.engine.start()
+                lifecycle.loading("starting: warm-up generation")
+                started = time.perf_counter()
+                await state.gateway.warm_up()
+                break
+            except EngineUnavailable as exc:
+                lifecycle.loading(f"starting: waiting for the engine ({exc}); next try in {backoff:g} s")
+                logger.warning("engine not reachable yet: %s; trying again in %g s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, START_BACKOFF_MAX_S)
+        lifecycle.ready()
         logger.info("ready: model %s answered a warm-up generation in %.2f s", state.model_name,
                     time.perf_counter() - started)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        state.startup_failed = True
-        state.not_ready_reason = f"start-up failed: {type(exc).__name__}: {exc}"
+        lifecycle.failed(f"start-up failed: {type(exc).__name__}: {exc}")
         logger.exception("start-up failed; the service stays not ready")
 
 

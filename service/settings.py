@@ -23,6 +23,13 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in containers).")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    header_timeout_s: float = Field(10.0, gt=0, description="Longest time to receive a request's headers "
+                                    "(from the connection's start or the next request's first byte); past it: "
+                                    "408 and the connection is closed.")
+    body_timeout_s: float = Field(30.0, gt=0, description="Longest time to receive a request's body once its "
+                                  "headers are in; past it: 408 and the connection is closed.")
+    max_connections: int = Field(1000, ge=1, description="Open connections (and requests) at once (uvicorn's "
+                                 "limit_concurrency); past it new requests get 503.")
 
     # --- engine
     engine: Literal["vllm", "remote", "scripted"] = Field(
@@ -55,10 +62,16 @@ class Settings(BaseSettings):
     default_profile: Literal["fixed", "kgen"] = Field("fixed", description="Profile used when a request names none.")
 
     # --- admission control and timeouts
-    max_in_flight: int = Field(64, ge=1, description="Requests processed at once; more wait in the queue.")
-    max_queue: int = Field(256, ge=0, description="Requests waiting for a slot; past it: 429 with Retry-After.")
+    max_in_flight: int = Field(64, ge=1, description="Most engine sequences at once (a TIPO request is 1, a batch "
+                               "items x n, a completion prompts x n); more wait in the queue.")
+    adaptive_limit: bool = Field(True, description="Adapt the engine sequences allowed at once (1 .. max_in_flight) "
+                                 "to the engine's time per token, so admitted requests finish in time under "
+                                 "overload; false: always max_in_flight.")
+    max_queue: int = Field(256, ge=0, description="Engine sequences waiting for a slot; past it: 429 with "
+                           "Retry-After.")
     queue_timeout_s: float = Field(30.0, gt=0, description="Longest wait for a slot before 503.")
-    request_timeout_s: float = Field(120.0, gt=0, description="Cap of one request's processing time (504 past it).")
+    request_timeout_s: float = Field(120.0, gt=0, description="Cap of one request's time, queue wait included "
+                                     "(504 past it; 503 at once when it could not be met at the current pace).")
     engine_stall_s: float = Field(60.0, gt=0, description="Engine without progress while work is pending this "
                                   "long: readiness and liveness fail.")
     shutdown_grace_s: float = Field(30.0, ge=0, description="On SIGTERM, time given to in-flight requests.")
@@ -71,7 +84,18 @@ class Settings(BaseSettings):
                                "with length x bracket depth).")
     max_bracket_depth: int = Field(32, ge=1, description="Deepest nesting of ( ) and [ ] (unclosed ones count) "
                                    "in the tag text or caption.")
-    max_batch: int = Field(64, ge=1, description="Most requests x variants in one /v1/tipo/batch call.")
+    max_batch: int = Field(64, ge=1, description="Most engine sequences one request may bring: requests x n in "
+                           "/v1/tipo/batch, prompts x n in /v1/completions.")
+    max_ban_entries: int = Field(256, ge=1, le=4096, description="Most ban_tags entries in one request (each is "
+                                 "tried on every tag of every model call; 4096 at most).")
+    max_ban_chars: int = Field(4096, ge=1, description="Longest ban_tags: characters of the text, or of all list "
+                               "entries together.")
+    max_format_chars: int = Field(2048, ge=1, description="Longest format template (the presets: under 200).")
+    max_format_placeholders: int = Field(20, ge=1, description="Most <|...|> placeholders in a format template "
+                                         "(each repeats a tag list or caption in the answer; the presets: 10).")
+    regex_budget_ms: float = Field(50.0, gt=0, description="Time all ban_tags regexes of one request may take "
+                                   "(compiling and matching, over all its model calls); past it: 422 naming "
+                                   "the entry.")
 
     # --- access
     api_keys: str = Field("", description="Comma-separated API keys; empty = no auth.")

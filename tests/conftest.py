@@ -80,3 +80,11 @@ def tag_index():
     from tests.shared import shared_tag_index
 
     return shared_tag_index()
+
+
+@pytest.fixture(scope="session")
+def server_loop() -> Iterator[EngineThread]:
+    """A background event loop for servers that do not use the shared vLLM engine."""
+    thread = EngineThread()
+    yield thread
+    thread.close()

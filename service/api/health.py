@@ -1,4 +1,4 @@
-"""Probes and metrics: GET /health/live, GET /health/ready, GET /metrics.
+"""Probes and metrics: GET /health/live, GET /health/ready, GET /metrics (the probes also answer HEAD).
 
 live  — 200 while the process can serve; 503 once the engine has died or stalls (work pending, no
         progress for settings.engine_stall_s): restarting the pod is the fix.
@@ -28,12 +28,15 @@ class ProbeAnswer(BaseModel):
 PROBE_RESPONSES = {200: {"model": ProbeAnswer}, 503: {"model": ProbeAnswer, "description": "Failing."}}
 
 
+# HEAD: the same status without a body (uvicorn drops it); not in the OpenAPI schema, which documents GET.
+@router.api_route("/health/live", methods=["HEAD"], include_in_schema=False)
 @router.get("/health/live", summary="Liveness probe", responses=PROBE_RESPONSES)
 async def live(state: ServiceState = Depends(get_state)) -> JSONResponse:
     ok, reason = state.liveness()
     return JSONResponse({"status": "ok" if ok else "failed", "detail": reason}, status_code=200 if ok else 503)
 
 
+@router.api_route("/health/ready", methods=["HEAD"], include_in_schema=False)
 @router.get("/health/ready", summary="Readiness probe: 200 once a real generation succeeded",
             responses=PROBE_RESPONSES)
 async def ready(state: ServiceState = Depends(get_state)) -> JSONResponse:

@@ -19,12 +19,17 @@ from service.tipo.sampling import Sampling
 # token. segments=None: the whole prompt is template text (raw completions, warm-up).
 from service.tipo.template import Segments
 
-__all__ = ["Completion", "Engine", "EngineError", "EngineStats", "PromptTooLongError", "Sampling", "Segments",
+__all__ = ["Completion", "Engine", "EngineError", "EngineStats", "EngineUnavailable", "PromptTooLongError", "Sampling", "Segments",
            "UnknownPromptError"]
 
 
 class EngineError(RuntimeError):
     """The engine could not answer (dead, stalled, remote unreachable). The service maps it to 503."""
+
+
+class EngineUnavailable(EngineError):
+    """The engine cannot be reached now (a remote upstream is down); it may come back. Readiness
+    fails until a probe generation succeeds; liveness does not."""
 
 
 class UnknownPromptError(EngineError):
@@ -76,6 +81,10 @@ class Engine(abc.ABC):
         completion = await self.generate(prompt, sampling, request_id, segments)
         yield completion.text
 
+    async def check(self) -> None:
+        """A cheap health check while idle; raises EngineUnavailable when the engine cannot be
+        reached (a remote upstream). Default: nothing to check (in-process engines report `alive`)."""
+
     async def abort(self, request_id: str) -> None:
         """Stop the engine work of a request whose client is gone."""
 
@@ -94,5 +103,6 @@ class Engine(abc.ABC):
 
     @property
     def alive(self) -> bool:
-        """False once the engine has died; readiness turns 503."""
+        """False once the engine has died for good (an in-process engine crashed): liveness fails. An
+        engine that may come back (a remote upstream) stays alive and raises EngineUnavailable."""
         return True

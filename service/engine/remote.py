@@ -7,6 +7,8 @@ the server's own tokenizer cannot change them; otherwise as text (the server add
 
 Connection errors, timeouts and 5xx answers are retried `remote_retries` times with exponential
 backoff; a streamed call is retried only until its first piece arrived. 4xx answers are not retried.
+A server that cannot be connected to raises EngineUnavailable: the gateway turns readiness off and
+probes until it answers again (start() too: the service stays loading until the upstream is up).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from service.engine.base import Completion, Engine, EngineError, EngineStats, Sampling, Segments
+from service.engine.base import Completion, Engine, EngineError, EngineStats, EngineUnavailable, Sampling, Segments
 from service.engine.tokenizer import PromptTokenizer
 from service.settings import Settings
 
@@ -26,11 +28,16 @@ log = logging.getLogger(__name__)
 
 BACKOFF_FIRST_S = 0.25  # wait before the first retry; doubles each retry
 BACKOFF_MAX_S = 4.0
+CHECK_TIMEOUT_S = 5.0
 _END = object()  # end-of-stream marker
 
 
 class _Retryable(Exception):
     """A failure worth another try (connection refused, timeout, 5xx)."""
+
+    def __init__(self, status: int, text: str):
+        super().__init__(f"HTTP {status}: {text}")
+        self.unavailable = status in (502, 503, 504)  # a proxy without upstream, or a server not ready
 
 
 class RemoteEngine(Engine):
@@ -46,7 +53,6 @@ class RemoteEngine(Engine):
         timeout = httpx.Timeout(settings.remote_timeout_s, connect=min(10.0, settings.remote_timeout_s))
         self._client = httpx.AsyncClient(timeout=timeout, headers=headers)
         self._in_flight: dict[str, set[asyncio.Task]] = {}  # request_id -> its running HTTP calls
-        self._reachable = True  # False after a call failed to reach the server; readiness reads it
 
     async def start(self) -> None:
         """Find the model to ask for when none is configured: the server's first model."""
@@ -62,6 +68,14 @@ class RemoteEngine(Engine):
 
     async def shutdown(self) -> None:
         await self._client.aclose()
+
+    async def check(self) -> None:
+        try:
+            response = await self._client.get(f"{self.base_url}/models", timeout=CHECK_TIMEOUT_S)
+        except httpx.TransportError as exc:
+            raise EngineUnavailable(f"remote engine {self.base_url}: {_describe(exc)}") from exc
+        if response.status_code >= 500:
+            raise EngineUnavailable(f"remote engine {self.base_url}/models: HTTP {response.status_code}")
 
     async def generate(self, prompt: str, sampling: Sampling, request_id: str,
                        segments: Segments | None = None) -> Completion:
@@ -101,10 +115,6 @@ class RemoteEngine(Engine):
     def stats(self) -> EngineStats:
         running = sum(len(tasks) for tasks in self._in_flight.values())
         return EngineStats(running=running, waiting=0)
-
-    @property
-    def alive(self) -> bool:
-        return self._reachable
 
     # --- request building and parsing
 
@@ -173,8 +183,7 @@ class RemoteEngine(Engine):
             try:
                 response = await send()
                 if response.status_code >= 500:
-                    raise _Retryable(f"HTTP {response.status_code}: {response.text[:200]}")
-                self._reachable = True
+                    raise _Retryable(response.status_code, response.text[:200])
                 if response.status_code >= 400:
                     raise EngineError(f"{self.base_url} refused the call: HTTP {response.status_code}: "
                                       f"{response.text[:300]}")
@@ -190,8 +199,7 @@ class RemoteEngine(Engine):
                 async with self._client.stream("POST", f"{self.base_url}/completions", json=body,
                                                headers={"X-Request-Id": request_id}) as response:
                     if response.status_code >= 500:
-                        raise _Retryable(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
-                    self._reachable = True
+                        raise _Retryable(response.status_code, repr((await response.aread())[:200]))
                     if response.status_code >= 400:
                         raise EngineError(f"{self.base_url} refused the call: HTTP {response.status_code}: "
                                           f"{(await response.aread())[:300]!r}")
@@ -213,11 +221,13 @@ class RemoteEngine(Engine):
 
     async def _retry_or_raise(self, exc: Exception, attempt: int) -> None:
         """After a failed attempt: raise EngineError when no retry is left, else wait the backoff."""
-        if isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.TimeoutException):
-            self._reachable = False
         if attempt >= self.retries:
-            raise EngineError(f"remote engine {self.base_url} failed after {attempt + 1} "
-                              f"attempt(s): {_describe(exc)}") from exc
+            # Cannot connect: the upstream is down (it may come back: readiness fails, liveness not).
+            unreachable = (isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.TimeoutException)) \
+                or (isinstance(exc, _Retryable) and exc.unavailable)
+            kind = EngineUnavailable if unreachable else EngineError
+            raise kind(f"remote engine {self.base_url} failed after {attempt + 1} "
+                       f"attempt(s): {_describe(exc)}") from exc
         log.warning("remote engine %s: %s; retry %d of %d", self.base_url, _describe(exc),
                     attempt + 1, self.retries)
         await asyncio.sleep(min(BACKOFF_FIRST_S * 2**attempt, BACKOFF_MAX_S))

@@ -143,7 +143,8 @@ class TipoRunner:
     `feed` may raise ReferenceFailure in the kgen profile where the reference crashes mid-run.
     """
 
-    def __init__(self, request: TipoRequest, index: TagIndex):
+    def __init__(self, request: TipoRequest, index: TagIndex, compile_pattern=None):
+        # compile_pattern: how ban entries are compiled (BanList.of; default re.compile).
         if request.frontend not in ("comfy", "webui"):
             raise ValueError(f"unknown frontend {request.frontend!r}")
         if request.backend not in ("llama_cpp", "transformers"):
@@ -155,7 +156,7 @@ class TipoRunner:
         self.index = index
         # Entries as the front ends split them (a plain string is split the same way).
         ban_entries = split_ban_text(request.ban_tags) if isinstance(request.ban_tags, str) else request.ban_tags
-        self.ban = BanList.of(entry.strip() for entry in ban_entries if entry.strip())
+        self.ban = BanList.of((entry.strip() for entry in ban_entries if entry.strip()), compile_pattern)
         self.template = resolve_format(request.format, self.profile)
         self.seed = choose_seed(request)
         self._rng = random.Random(self.seed)

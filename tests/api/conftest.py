@@ -24,6 +24,7 @@ import uvicorn
 
 from service.app import create_app
 from service.settings import Settings
+from tests.api.gated import SCRIPT, GatedEngine
 from tests.conftest import EngineThread
 
 
@@ -65,14 +66,6 @@ def wait_ready(base_url: str, timeout_s: float = 120) -> None:
         time.sleep(0.02)
 
 
-@pytest.fixture(scope="session")
-def server_loop() -> Iterator[EngineThread]:
-    """A background event loop for servers that do not use the shared vLLM engine."""
-    thread = EngineThread()
-    yield thread
-    thread.close()
-
-
 @pytest.fixture
 def scripted_server(tmp_path: Path, server_loop: EngineThread, tag_index) -> Iterator[Callable[..., str]]:
     """`scripted_server(entries, **settings)` -> base URL of a ready server replaying `entries`."""
@@ -101,3 +94,24 @@ def vllm_server(engine_thread, tag_index) -> Iterator[str]:
     with serve(app, engine_thread.loop) as base_url:
         wait_ready(base_url)
         yield base_url
+
+
+@pytest.fixture
+def gated(tmp_path, server_loop, tag_index):
+    """(engine, base_url, settings-overrides) of a server whose engine the test controls."""
+    servers = []
+
+    def start(fail_warmup: bool = False, warm: bool = False, **settings):
+        script = tmp_path / "script.json"
+        script.write_text(json.dumps(SCRIPT))
+        engine = GatedEngine(script, server_loop.loop, fail_warmup=fail_warmup)
+        if warm:  # the warm-up passes at once (before the server's loop uses the gate)
+            engine.warmup_gate.set()
+        app = create_app(Settings(engine="scripted", **settings), engine=engine, tag_index=tag_index)
+        context = serve(app, server_loop.loop)
+        servers.append(context)
+        return engine, context.__enter__()
+
+    yield start
+    for context in servers:
+        context.__exit__(None, None, None)

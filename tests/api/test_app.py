@@ -1,105 +1,21 @@
 """The app as a whole over real HTTP: readiness, error answers, admission, auth, /metrics.
 
-Most tests use the scripted engine. `GatedEngine` is the real scripted engine plus gates the test
-opens, so "still loading", "busy" and "too slow" are reached deterministically, without timing.
+Most tests use the scripted engine; `gated` servers (tests/api/gated.py) reach "still loading",
+"busy" and "too slow" deterministically, without timing.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import shutil
 import subprocess
 import threading
-from pathlib import Path
 
 import httpx
 import pytest
 
-from service.app import create_app
-from service.engine.base import EngineError
-from service.engine.scripted import ScriptedEngine
-from service.settings import Settings
-from tests.api.conftest import serve, wait_ready
-
-TAGS_PROMPT = "aspect_ratio: 1.0\ntarget: <|long|>\ntag: 1girl"
-# 40 tags meet the `long` target in one call; the "tag only" format asks for no caption pass.
-TAGS_REQUEST = {"tags": "1girl", "seed": 5, "format": "tag only (DTG mode)"}
-SCRIPT = [
-    {"prompt": TAGS_PROMPT, "completion": "".join(f", tag{i}" for i in range(40))},
-    # NL made only of dots: the reference crashes after this call (SPEC §7-16)
-    {"prompt": "aspect_ratio: 1.0\ntarget: <|very_short|> <|long_to_tag|>\nlong: ...",
-     "completion": " A girl smiles.\ntag: 1girl, solo, smile, hat, sky, tree"},
-    {"prompt": "hello", "completion": " world"},
-]
-
-
-class GatedEngine(ScriptedEngine):
-    """The scripted engine, but calls wait until the test opens a gate; aborts are recorded."""
-
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, fail_warmup: bool = False):
-        super().__init__(path)
-        self.loop = loop
-        self.warmup_gate = asyncio.Event()
-        self.call_gate = asyncio.Event()
-        self.fail_warmup = fail_warmup
-        self.waiting_calls = 0
-        self.aborted: list[str] = []
-        self.dead = False
-
-    async def generate(self, prompt, sampling, request_id, segments=None):
-        if request_id == "warmup":
-            await self.warmup_gate.wait()
-            if self.fail_warmup:
-                raise EngineError("model weights are corrupt")
-        else:
-            self.waiting_calls += 1
-            try:
-                await self.call_gate.wait()
-            finally:
-                self.waiting_calls -= 1
-        return await super().generate(prompt, sampling, request_id)
-
-    async def abort(self, request_id):
-        self.aborted.append(request_id)
-
-    @property
-    def alive(self) -> bool:
-        return not self.dead
-
-    def open(self, gate: asyncio.Event) -> None:
-        self.loop.call_soon_threadsafe(gate.set)
-
-
-@pytest.fixture
-def gated(tmp_path, server_loop, tag_index):
-    """(engine, base_url, settings-overrides) of a server whose engine the test controls."""
-    servers = []
-
-    def start(fail_warmup: bool = False, warm: bool = False, **settings):
-        script = tmp_path / "script.json"
-        script.write_text(json.dumps(SCRIPT))
-        engine = GatedEngine(script, server_loop.loop, fail_warmup=fail_warmup)
-        if warm:  # the warm-up passes at once (before the server's loop uses the gate)
-            engine.warmup_gate.set()
-        app = create_app(Settings(engine="scripted", **settings), engine=engine, tag_index=tag_index)
-        context = serve(app, server_loop.loop)
-        servers.append(context)
-        return engine, context.__enter__()
-
-    yield start
-    for context in servers:
-        context.__exit__(None, None, None)
-
-
-def _wait(predicate, what: str) -> None:
-    for _ in range(2000):
-        if predicate():
-            return
-        threading.Event().wait(0.01)
-    raise AssertionError(f"gave up waiting: {what}")
-
+from tests.api.conftest import wait_ready
+from tests.api.gated import SCRIPT, TAGS_REQUEST, wait_for as _wait
 
 # --- readiness and liveness
 
@@ -148,7 +64,7 @@ def test_queue_full_is_429_with_retry_after_and_queue_wait_past_its_limit_is_503
         assert third.json()["error"]["type"] == "rate_limit_error"
         second.join()  # waited 0.5 s for a slot: gives up
         assert results["second"].status_code == 503
-        assert "no processing slot" in results["second"].json()["error"]["message"]
+        assert "no engine slot" in results["second"].json()["error"]["message"]
         engine.open(engine.call_gate)
         first.join()
         assert results["first"].status_code == 200

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from service.engine.base import EngineError, Sampling
+from service.engine.base import EngineError, EngineUnavailable, Sampling
 from service.engine.remote import RemoteEngine
 from service.engine.tokenizer import PromptTokenizer
 from service.settings import Settings
@@ -178,9 +178,11 @@ async def test_unreachable_server(server):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     engine = remote(f"http://127.0.0.1:{port}/v1", remote_model="m", remote_retries=1)
-    with pytest.raises(EngineError, match="cannot connect"):
+    with pytest.raises(EngineUnavailable, match="cannot connect"):  # it may come back: not "dead"
         await engine.generate("p", SAMPLING, "down")
-    assert not engine.alive
+    with pytest.raises(EngineUnavailable):
+        await engine.check()
+    assert engine.alive  # liveness never depends on the upstream
     await engine.shutdown()
 
 

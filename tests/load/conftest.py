@@ -1,6 +1,6 @@
 """Helpers for tests that run the service as a real process (`python -m service`) on 127.0.0.1.
 
-`ServiceProcess` starts it with TIPO_* settings, waits until /health/ready answers 200, and finds the
+`ServiceProcess` starts it with TIPO_* settings (on a given port, or a free one), waits until /health/ready answers 200, and finds the
 vLLM EngineCore child process so a test can freeze (SIGSTOP) or kill (SIGKILL) it. Every process a
 test starts is stopped at the end, even when the test fails.
 """
@@ -25,8 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServiceProcess:
-    def __init__(self, settings: dict[str, object], log_path: Path):
-        self.port = free_port()
+    def __init__(self, settings: dict[str, object], log_path: Path, port: int | None = None):
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "TIPO_HOST": "127.0.0.1", "TIPO_PORT": str(self.port), "TIPO_LOG_LEVEL": "info",
                "VLLM_CPU_KVCACHE_SPACE": "1"}
@@ -90,8 +90,8 @@ def service_process(tmp_path: Path) -> Iterator:
     """`service_process(**settings)` -> a started (not yet ready) ServiceProcess; stopped at the end."""
     started: list[ServiceProcess] = []
 
-    def start(**settings) -> ServiceProcess:
-        service = ServiceProcess(settings, tmp_path / f"service-{len(started)}.log")
+    def start(port: int | None = None, **settings) -> ServiceProcess:
+        service = ServiceProcess(settings, tmp_path / f"service-{len(started)}.log", port=port)
         started.append(service)
         return service
 

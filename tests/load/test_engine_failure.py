@@ -59,6 +59,7 @@ def probes(base_url: str) -> tuple[int, int, str]:
 
 def test_frozen_then_killed_engine_fails_pending_requests_fast_and_flips_the_probes(service_process, tiny_model):
     service = service_process(engine="vllm", model=tiny_model.path, engine_stall_s=STALL_S, max_in_flight=LOAD,
+                              adaptive_limit=False,
                               kv_cache_gib=1, shutdown_grace_s=10)
     service.wait_ready()
     base_url = service.base_url

@@ -29,8 +29,8 @@ SMALL = {"tag_length": "very_short", "nl_length": "very_short", "max_new_tokens"
 @pytest.fixture(scope="module")
 def small_server(engine_thread, tag_index):
     # A queue wait far longer than the load lasts: a queued request is served, never timed out (503).
-    settings = Settings(engine="vllm", max_in_flight=IN_FLIGHT, max_queue=QUEUE, queue_timeout_s=300,
-                        request_timeout_s=300)
+    settings = Settings(engine="vllm", max_in_flight=IN_FLIGHT, adaptive_limit=False, max_queue=QUEUE,
+                        queue_timeout_s=300, request_timeout_s=300)
     app = create_app(settings, engine=engine_thread.engine, tag_index=tag_index)
     with serve(app, engine_thread.loop) as base_url:
         wait_ready(base_url)

@@ -37,7 +37,7 @@ def wait_for(predicate, what: str, limit_s: float = 60) -> None:
 def test_sigterm_finishes_every_admitted_request_refuses_newcomers_and_exits_0(service_process, tmp_path):
     script = tmp_path / "script.json"
     script.write_text(json.dumps([{"prompt": TAGS_PROMPT, "completion": COMPLETION}]))
-    service = service_process(engine="scripted", scripted_path=script, scripted_delay_s=1.0,
+    service = service_process(engine="scripted", scripted_path=script, scripted_delay_s=1.0, adaptive_limit=False,
                               max_in_flight=IN_FLIGHT, max_queue=QUEUE, shutdown_grace_s=30)
     service.wait_ready(timeout_s=60)
     base_url = service.base_url

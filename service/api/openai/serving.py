@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -21,8 +20,15 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from service.admission import QueueFull
-from service.api.common import api_error_from, effective_timeout, new_request_id, require_ready, run_admitted
+from service.api.common import (
+    SSE_HEADERS,
+    GuardedStream,
+    new_request_id,
+    require_ready,
+    run_admitted,
+    sse,
+    stream_admitted,
+)
 from service.api.errors import ApiError, validation_message
 from service.api.openai.protocol import (
     ChatChoice,
@@ -39,12 +45,11 @@ from service.api.openai.protocol import (
 )
 from service.api.state import ServiceState
 from service.api.tipo.protocol import TipoRequestBody
-from service.api.tipo.serving import TipoServing, random_seed
+from service.api.tipo.serving import TipoServing, random_seed, resolve_seed
 from service.engine.base import Completion
 from service.tipo.sampling import Sampling
 
 DEFAULT_MAX_TOKENS = Sampling().max_new_tokens
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class OpenAIServing:
@@ -66,15 +71,19 @@ class OpenAIServing:
         # Choice i*n + j completes prompt i with seed + j (OpenAI's ordering of choices).
         jobs = [(i * body.n + j, prompt, self.sampling(body, j, body.max_tokens))
                 for i, prompt in enumerate(prompts) for j in range(body.n)]
+        if len(jobs) > self.state.settings.max_batch:
+            raise ApiError(422, f"too many completions in one request: {len(prompts)} prompt(s) x n={body.n} = "
+                           f"{len(jobs)}; the server allows at most {self.state.settings.max_batch} (max_batch)",
+                           param="prompt" if len(prompts) > 1 else "n")
         request_id = new_request_id("cmpl")
         if body.stream:
-            return self.stream_completions(body, request_id, jobs)
+            return await self.stream_completions(body, request, request_id, jobs)
 
         async def work() -> list[Completion]:
-            return await asyncio.gather(*(self.state.generate(prompt, sampling, f"{request_id}-{index}")
+            return await asyncio.gather(*(self.state.gateway.generate(prompt, sampling, f"{request_id}-{index}")
                                           for index, prompt, sampling in jobs))
 
-        completions = await run_admitted(self.state, request, work, None)
+        completions = await run_admitted(self.state, request, cost=len(jobs), timeout_s=None, work=work)
         prompt_tokens = sum(c.prompt_tokens for c in completions)
         completion_tokens = sum(c.completion_tokens for c in completions)
         return CompletionResponse(
@@ -105,12 +114,9 @@ class OpenAIServing:
             seed=seed if seed is not None else random_seed(),
         )
 
-    def stream_completions(self, body: CompletionRequest, request_id: str,
-                           jobs: list[tuple[int, str, Sampling]]) -> StreamingResponse:
+    async def stream_completions(self, body: CompletionRequest, request: Request, request_id: str,
+                                 jobs: list[tuple[int, str, Sampling]]) -> GuardedStream:
         state = self.state
-        require_ready(state)
-        if state.admission.would_refuse():  # refuse with a real 429 while we still can
-            raise api_error_from(QueueFull(state.admission.retry_after_s()), state)
         created = int(time.time())
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
@@ -122,21 +128,12 @@ class OpenAIServing:
 
         async def events() -> AsyncIterator[str]:
             texts = {index: "" for index, _, _ in jobs}
-            try:
-                async with state.admission.slot():
-                    async for index, piece in merged_streams(state, request_id, jobs, effective_timeout(state, None)):
-                        if piece is None:
-                            yield chunk(index, "", "stop")
-                        else:
-                            texts[index] += piece
-                            yield chunk(index, piece, None)
-            except asyncio.CancelledError:
-                state.metrics.client_disconnects.inc()
-                raise
-            except Exception as exc:  # the 200 header is gone: report the error in the stream
-                yield sse(api_error_from_or_generic(exc, state))
-                yield "data: [DONE]\n\n"
-                return
+            async for index, piece in merged_streams(state, request_id, jobs):
+                if piece is None:
+                    yield chunk(index, "", "stop")
+                else:
+                    texts[index] += piece
+                    yield chunk(index, piece, None)
             # Token counts of a stream come from the engine's tokenizer (0 when it has none).
             prompt_tokens = sum(state.engine.count_tokens(prompt) for _, prompt, _ in jobs)
             completion_tokens = sum(max(state.engine.count_tokens(text) - 1, 0) for text in texts.values())
@@ -146,9 +143,8 @@ class OpenAIServing:
                            "model": state.model_name, "choices": [],
                            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                                      "total_tokens": prompt_tokens + completion_tokens}})
-            yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+        return await stream_admitted(state, request, cost=len(jobs), timeout_s=None, events=events)
 
     # --- /v1/chat/completions
 
@@ -165,14 +161,15 @@ class OpenAIServing:
         except ValidationError as exc:
             message, param = validation_message(list(exc.errors()))
             raise ApiError(422, message, param=param) from None
+        require_ready(self.state)
         tipo = TipoServing(self.state)
-        runner = tipo.make_runner(tipo_body)
+        runner = tipo.make_runner(tipo_body, seed=resolve_seed(tipo_body.seed))
         request_id = new_request_id("chatcmpl")
 
         async def work():
             return await tipo.run_one(runner, tipo_body, request_id, time.perf_counter(), queue_s=0.0)
 
-        result = await run_admitted(self.state, request, work, None)
+        result = await run_admitted(self.state, request, cost=1, timeout_s=None, work=work)
         created = int(time.time())
         usage = Usage(prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens,
                       total_tokens=result.usage.prompt_tokens + result.usage.completion_tokens)
@@ -192,12 +189,7 @@ class OpenAIServing:
             events.append(sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
                                "model": self.state.model_name, "choices": [], "usage": usage.model_dump()}))
         events.append("data: [DONE]\n\n")
-
-        async def replay() -> AsyncIterator[str]:
-            for event in events:
-                yield event
-
-        return StreamingResponse(replay(), media_type="text/event-stream", headers=SSE_HEADERS)
+        return StreamingResponse(iter(events), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def refuse_unsupported(body: SamplingFields) -> None:
@@ -213,15 +205,14 @@ def refuse_unsupported(body: SamplingFields) -> None:
 
 
 async def merged_streams(
-    state: ServiceState, request_id: str, jobs: list[tuple[int, str, Sampling]], timeout_s: float
+    state: ServiceState, request_id: str, jobs: list[tuple[int, str, Sampling]]
 ) -> AsyncIterator[tuple[int, str | None]]:
     """Run the choices' streams concurrently; yield (index, piece), then (index, None) when one ends."""
     queue: asyncio.Queue = asyncio.Queue()
-    deadline = time.monotonic() + timeout_s
 
     async def pump(index: int, prompt: str, sampling: Sampling) -> None:
         try:
-            async for piece in state.generate_stream(prompt, sampling, f"{request_id}-{index}"):
+            async for piece in state.gateway.generate_stream(prompt, sampling, f"{request_id}-{index}"):
                 await queue.put((index, piece, None))
             await queue.put((index, None, None))
         except Exception as exc:
@@ -231,7 +222,7 @@ async def merged_streams(
     try:
         running = len(tasks)
         while running:
-            index, piece, error = await asyncio.wait_for(queue.get(), max(deadline - time.monotonic(), 0.001))
+            index, piece, error = await queue.get()
             if error is not None:
                 raise error
             if piece is None:
@@ -241,17 +232,6 @@ async def merged_streams(
         for task in tasks:  # client gone, timeout or error: stop (and abort) the other choices
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def api_error_from_or_generic(exc: BaseException, state: ServiceState) -> dict:
-    try:
-        return api_error_from(exc, state).body()
-    except Exception:
-        return {"error": {"message": "internal server error", "type": "server_error", "param": None, "code": None}}
-
-
-def sse(payload: dict) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
 # --- reading a chat message as a partial prompt

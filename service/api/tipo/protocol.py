@@ -26,6 +26,10 @@ assert set(Length.__args__) == set(LENGTHS) and set(Operation.__args__) == set(S
 _DEFAULT = Sampling()
 SEED_RANGE = 2**64  # the reference accepts any integer; negative seeds act like their absolute value
 
+# Hard bound of a ban_tags list, checked before its entries are cleaned; the server's
+# max_ban_entries setting (service/api/limits.py) is the limit users see, set below this.
+MAX_BAN_LIST_ENTRIES = 4096
+
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 but \t \n \r, DEL, C1
 _LONE_SURROGATES = re.compile(r"[\ud800-\udfff]")  # JSON "\ud800" escapes: not encodable as UTF-8
 
@@ -71,7 +75,8 @@ class TipoRequestBody(BaseModel):
                         examples=["Both, tag first (recommend)", "<|general|>\n<|generated|>"])
     seed: int | None = Field(None, gt=-SEED_RANGE, lt=SEED_RANGE,
                              description="Seed of the whole request (same seed + same model = same output). "
-                             "Absent or 0: a random seed (0 as in the reference), returned in the response.",
+                             "Absent, 0 (as in the reference) or negative (-1 as in the WebUI): a random seed, "
+                             "returned in the response.",
                              examples=[1234])
     temperature: float = Field(_DEFAULT.temperature, ge=0, le=2, description="Sampling temperature; 0 = greedy.")
     top_p: float = Field(_DEFAULT.top_p, gt=0, le=1, description="Nucleus sampling.")
@@ -106,6 +111,10 @@ class TipoRequestBody(BaseModel):
         if isinstance(value, str):
             return clean_user_text(value)
         if isinstance(value, list):
+            # Before cleaning entry by entry: 250,000 one-letter entries fit in a 1 MB body (~250 ms).
+            if len(value) > MAX_BAN_LIST_ENTRIES:
+                raise ValueError(f"too many entries: {len(value)}; at most {MAX_BAN_LIST_ENTRIES} are read "
+                                 "(the server's max_ban_entries may allow fewer)")
             return [clean_user_text(entry) if isinstance(entry, str) else entry for entry in value]
         return value
 

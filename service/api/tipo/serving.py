@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from service.api.common import api_error_from, new_request_id, run_admitted
+from service.api.common import api_error_from, new_request_id, require_ready, run_admitted
+from service.api.limits import ban_compiler, check_input_limits
 from service.api.errors import ApiError
 from service.api.state import ServiceState
 from service.api.tipo.protocol import (
@@ -30,7 +31,6 @@ from service.api.tipo.protocol import (
     TipoUsage,
 )
 from service.engine.base import EngineError
-from service.settings import Settings
 from service.tipo.runner import TipoRequest, TipoResult, TipoRunner
 
 
@@ -51,16 +51,18 @@ class TipoServing:
     # --- endpoints
 
     async def tipo(self, body: TipoRequestBody, request: Request) -> TipoResponse:
-        runner = self.make_runner(body)
+        require_ready(self.state)  # before any request work: the tag index may not be loaded yet
+        runner = self.make_runner(body, seed=resolve_seed(body.seed))
         queued_at = time.perf_counter()
 
         async def work() -> TipoResponse:
             started = time.perf_counter()
             return await self.run_one(runner, body, new_request_id("tipo"), started, queue_s=started - queued_at)
 
-        return await run_admitted(self.state, request, work, body.timeout_s)
+        return await run_admitted(self.state, request, cost=1, timeout_s=body.timeout_s, work=work)
 
     async def batch(self, body: TipoBatchBody, request: Request) -> TipoBatchResponse:
+        require_ready(self.state)
         total = len(body.requests) * body.n
         if total > self.state.settings.max_batch:
             raise ApiError(422, f"batch too large: {len(body.requests)} requests x n={body.n} = {total} runs; "
@@ -68,7 +70,7 @@ class TipoServing:
         # Build every runner first, so an invalid item fails the call before any model work.
         jobs = []
         for index, item in enumerate(body.requests):
-            base_seed = item.seed or random_seed()  # None or 0: random, as for a single request
+            base_seed = resolve_seed(item.seed)  # the rule of a single request, once per item
             for variant in range(body.n):
                 try:
                     runner = self.make_runner(item, seed=base_seed + variant)
@@ -77,6 +79,7 @@ class TipoServing:
                     exc.param = f"requests[{index}].{exc.param}" if exc.param else f"requests[{index}]"
                     raise
                 jobs.append((index, variant, item, runner))
+            await asyncio.sleep(0)  # a big batch must not hold the event loop while its runners are built
         queued_at = time.perf_counter()
         batch_id = new_request_id("tipobatch")
 
@@ -94,18 +97,19 @@ class TipoServing:
             items = await asyncio.gather(*(run_item(*job) for job in jobs))
             return TipoBatchResponse(data=list(items))
 
-        return await run_admitted(self.state, request, work, body.timeout_s)
+        return await run_admitted(self.state, request, cost=len(jobs), timeout_s=body.timeout_s, work=work)
 
     # --- shared with the chat endpoint
 
-    def make_runner(self, body: TipoRequestBody, seed: int | None = None) -> TipoRunner:
+    def make_runner(self, body: TipoRequestBody, seed: int) -> TipoRunner:
         """Validate what depends on settings and build the runner; input problems -> ApiError 422."""
         settings = self.state.settings
         check_input_limits(body, settings)
         core_request = to_core_request(body, profile=body.profile or settings.default_profile,
-                                       seed=seed if seed is not None else body.seed)
+                                       seed=seed)
         try:
-            return TipoRunner(core_request, self.state.tag_index)
+            return TipoRunner(core_request, self.state.tag_index,
+                              compile_pattern=ban_compiler(core_request, settings))
         except ValueError as exc:
             raise api_error_from(exc, self.state) from None
 
@@ -125,7 +129,7 @@ class TipoServing:
         drive = Drive()
         while (call := runner.next_call()) is not None:
             call_started = time.perf_counter()
-            completion = await self.state.generate(call.prompt, call.sampling, f"{request_id}-{len(drive.calls)}",
+            completion = await self.state.gateway.generate(call.prompt, call.sampling, f"{request_id}-{len(drive.calls)}",
                                                    call.segments or None)
             call_ended = time.perf_counter()
             runner.feed(completion.text)
@@ -145,51 +149,13 @@ class TipoServing:
         return drive
 
 
-def check_input_limits(body: TipoRequestBody, settings: Settings) -> None:
-    """The server's input limits (README settings table); each breach is a 422 naming the field.
-
-    They bound the CPU one request costs before any model call: the A1111 weight parser's work grows
-    with text length x bracket depth (an 8000-character line of unclosed `(` took seconds).
-    """
-    if len(body.tags) > settings.max_tag_chars:
-        raise ApiError(422, f"tags too long: {len(body.tags)} characters; the server allows at most "
-                       f"{settings.max_tag_chars}", param="tags")
-    tag_count = len([t for t in body.tags.split(",") if t.strip()])
-    if tag_count > settings.max_tags:
-        raise ApiError(422, f"too many tags: {tag_count}; the server allows at most {settings.max_tags}",
-                       param="tags")
-    if len(body.nl_prompt) > settings.max_caption_chars:
-        raise ApiError(422, f"nl_prompt too long: {len(body.nl_prompt)} characters; the server allows at most "
-                       f"{settings.max_caption_chars}", param="nl_prompt")
-    for name, text in (("tags", body.tags), ("nl_prompt", body.nl_prompt)):
-        depth = bracket_depth(text)
-        if depth > settings.max_bracket_depth:
-            raise ApiError(422, f"{name}: brackets nested {depth} deep (unclosed ones count); the server allows "
-                           f"at most {settings.max_bracket_depth}", param=name)
-
-
-def bracket_depth(text: str) -> int:
-    """Deepest nesting of `(` and `[` together, as the A1111 parser sees it: `\\(` is escaped, a
-    closing bracket without an open one is text, and brackets never closed still count."""
-    open_count = {"(": 0, "[": 0}
-    closer = {")": "(", "]": "["}
-    deepest = 0
-    escaped = False
-    for char in text:
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char in open_count:
-            open_count[char] += 1
-            deepest = max(deepest, open_count["("] + open_count["["])
-        elif char in closer and open_count[closer[char]]:
-            open_count[closer[char]] -= 1
-    return deepest
-
-
 def random_seed() -> int:
     return random.SystemRandom().randrange(1, 2**32)
+
+
+def resolve_seed(seed: int | None) -> int:
+    """A request's seed: absent, 0 or negative (-1 is "random" in the WebUI) draws one."""
+    return seed if seed is not None and seed > 0 else random_seed()
 
 
 def to_core_request(body: TipoRequestBody, profile: str, seed: int | None) -> TipoRequest:
