@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_STORE_DIR = REPO_ROOT / "model_store" / "models"
+PROFILE_NAMES = ("fixed", "kgen")  # service/tipo/profile.py PROFILES
 
 
 class Settings(BaseSettings):
@@ -51,6 +52,11 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(256, ge=1, description="vLLM: most sequences in one engine step.")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM on CUDA: share of GPU memory.")
     kv_cache_gib: int = Field(1, ge=1, description="vLLM on CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    cpu_reserved_cores: int | None = Field(None, ge=0, description="vLLM on CPU: cores kept off the model's "
+                                           "compute for its scheduler loop and this server "
+                                           "(VLLM_CPU_NUM_OF_RESERVED_CPU). Default: 0 on machines with up to "
+                                           "4 cores (2 cores: +76 % throughput, docs/BENCHMARKS.md), vLLM's own "
+                                           "default above.")
     enforce_eager: bool = Field(True, description="vLLM: skip torch.compile / CUDA graphs (faster start).")
     remote_url: str = Field("", description="Base URL of the remote OpenAI-compatible server, e.g. http://vllm:8000/v1.")
     remote_model: str = Field("", description="Model name to send to the remote server; default: its first model.")
@@ -60,6 +66,9 @@ class Settings(BaseSettings):
 
     # --- TIPO defaults
     default_profile: Literal["fixed", "kgen"] = Field("fixed", description="Profile used when a request names none.")
+    allowed_profiles: str = Field("fixed,kgen", description="Comma-separated profiles a request may use (422 "
+                                  "naming them otherwise); must include default_profile. `fixed` alone keeps "
+                                  "the template guard for every request (docs/PROFILES.md).")
 
     # --- admission control and timeouts
     max_in_flight: int = Field(64, ge=1, description="Most engine sequences at once (a TIPO request is 1, a batch "
@@ -102,3 +111,24 @@ class Settings(BaseSettings):
     api_keys_file: str = Field("", description="File with one API key per line.")
     metrics_require_key: bool = Field(False, description="Require an API key for /metrics.")
     cors_origins: str = Field("", description="Comma-separated allowed CORS origins; empty = no CORS.")
+
+    @field_validator("allowed_profiles")
+    @classmethod
+    def _known_profiles(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = [name for name in names if name not in PROFILE_NAMES]
+        if unknown or not names:
+            raise ValueError(f"allowed_profiles must name one or more of {', '.join(PROFILE_NAMES)} "
+                             f"(comma-separated), got {value!r}")
+        return ",".join(dict.fromkeys(names))
+
+    @model_validator(mode="after")
+    def _default_profile_is_allowed(self) -> Settings:
+        if self.default_profile not in self.allowed_profile_names:
+            raise ValueError(f"default_profile {self.default_profile!r} is not in allowed_profiles "
+                             f"({self.allowed_profiles})")
+        return self
+
+    @property
+    def allowed_profile_names(self) -> tuple[str, ...]:
+        return tuple(self.allowed_profiles.split(","))

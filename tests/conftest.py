@@ -30,6 +30,19 @@ class EngineThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        # A loop holds its tasks only weakly. A task left pending by a test (a server stopped mid-start)
+        # can become garbage, and the garbage collector then closes its coroutines in whichever
+        # thread it runs in, the main one, while this loop's thread may still wake the task:
+        # a segfault in CPython 3.11. Strong references until done keep every task on its own thread.
+        self._tasks: set[asyncio.Task] = set()
+
+        def keep_task(loop, coro, **kwargs):
+            task = asyncio.Task(coro, loop=loop, **kwargs)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return task
+
+        self.loop.set_task_factory(keep_task)
         self._thread = threading.Thread(target=self.loop.run_forever, name="engine-loop", daemon=True)
         self._thread.start()
         self.engine = None

@@ -38,8 +38,8 @@ def resolve_format(name_or_template: str, profile: Profile) -> str:
         return FORMAT_PRESETS[name_or_template]
     if not profile.unknown_format_is_literal and not PLACEHOLDER.search(name_or_template):
         raise UnknownFormat(
-            f"format {name_or_template!r} is not a preset ({', '.join(FORMAT_PRESETS)}) "
-            "and has no <|...|> placeholder"
+            f"format {name_or_template!r} is not a preset name ({', '.join(FORMAT_PRESETS)}) "
+            "and has no <|...|> placeholder (profile 'kgen' prints such a text literally)"
         )
     return name_or_template
 

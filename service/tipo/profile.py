@@ -51,6 +51,13 @@ class Profile:
     # §4.3: a format text that is no preset and has no <|...|> placeholder is printed literally (the
     # model's output is thrown away). Fixed: a 422 listing the presets (it is almost always a misspelt name).
     unknown_format_is_literal: bool
+    # §1, §4.1: user text (tags, caption, meta values) goes into the prompt exactly as typed, and is
+    # tokenised with the template: a caption line `Style: ...` becomes a `key:` line of the prompt
+    # and a typed `<|long|>` the marker token, as when the reference tokenises the whole prompt. It is
+    # the user's own request (no other request, no secret reachable through it). Fixed: content can
+    # never start a template line (template.one_field) and reaches the model as literal text
+    # (ModelCall.segments). An operator who wants the guard everywhere restricts allowed_profiles.
+    raw_user_text: bool
 
 
 KGEN = Profile(
@@ -68,6 +75,7 @@ KGEN = Profile(
     unformatted_leading_comma=True,
     blank_nl_counts_as_given=True,
     unknown_format_is_literal=True,
+    raw_user_text=True,
 )
 
 FIXED = Profile(
@@ -85,6 +93,7 @@ FIXED = Profile(
     unformatted_leading_comma=False,
     blank_nl_counts_as_given=False,
     unknown_format_is_literal=False,
+    raw_user_text=False,
 )
 
 PROFILES = {p.name: p for p in (KGEN, FIXED)}

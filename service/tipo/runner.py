@@ -161,6 +161,7 @@ class TipoRunner:
         self.seed = choose_seed(request)
         self._rng = random.Random(self.seed)
         self.calls: list[CallRecord] = []
+        self.context_ends = 0  # passes ended because the next prompt did not fit (context_full)
 
         self._read_input()
         self._plan = self._make_plan()
@@ -232,7 +233,8 @@ class TipoRunner:
     def _user_prompt(self, meta: dict, general: str, length: str) -> str:
         """The node's user_prompt: the user's own input written as a TIPO document (no model),
         parsed back and formatted like the result."""
-        document = build_prompt(meta, general, self.nl, "short_to_tag_to_long", length, True, gen_meta=True)
+        document = build_prompt(meta, general, self.nl, "short_to_tag_to_long", length, True, gen_meta=True,
+                                raw_user_text=self.profile.raw_user_text)
         user_map = parse_output(document, self.index, self.profile)
         weighted = apply_weights(user_map, self.tag_text, self.caption_text, self.profile)
         return self._with_extras(apply_format(weighted, self.template, self.profile))
@@ -268,7 +270,8 @@ class TipoRunner:
         if self._pending is None:
             op = self.operation
             segments = build_prompt_segments(
-                self._plan.meta, self._attempt_general, self._attempt_nl, op.mode, op.length, op.expand
+                self._plan.meta, self._attempt_general, self._attempt_nl, op.mode, op.length, op.expand,
+                raw_user_text=self.profile.raw_user_text,
             )
             prompt = "".join(text for text, _ in segments)
             model_seed = self._op_seed + self._attempt
@@ -327,6 +330,22 @@ class TipoRunner:
         self._attempt_general = general_from_tags_for_retry(parsed)
         if self._attempt > MAX_RETRIES or self._same_output_count >= MAX_SAME_OUTPUT:
             self._finish_operation()
+
+    def context_full(self) -> None:
+        """The engine cannot take the pending call: its prompt leaves no room in the model's context.
+
+        Only the runner's own retries and later passes make a prompt longer than the user's input,
+        so the pass ends with what it has, as if its length target were met (both profiles: the
+        reference would send the longer prompt, which a 1k-context engine cannot take). The first
+        call holds nothing but the user's input: there is nothing to end with (RunnerStateError).
+        """
+        if self._pending is None:
+            raise RunnerStateError("context_full() without a pending call")
+        if self._parsed is None:
+            raise RunnerStateError("the first model call does not fit the context: the input is too long")
+        self._pending = None
+        self.context_ends += 1
+        self._finish_operation()
 
     def _carried_caption(self, caption: str) -> str:
         """fixed: a caption fed back to the model ends its last sentence, so the model does not

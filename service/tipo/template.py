@@ -24,7 +24,9 @@ def target_slot(mode: str | None) -> str:
 
 # A prompt as (text, is_template) parts whose concatenation is the prompt text: template parts hold
 # the keys, the target line and the newlines; content parts hold the values (tags, captions, meta),
-# which engines tokenise literally (a `<|long|>` typed by a user is not the marker token).
+# which engines tokenise literally (a `<|long|>` typed by a user is not the marker token). With
+# `raw_user_text` (profile kgen) the values are flagged as template parts too, so the engines
+# tokenise the whole prompt like the reference (a typed `<|long|>` is the marker token).
 Segments = tuple[tuple[str, bool], ...]
 
 # What the reference parser reads as the start of a new field after a newline (parse.FIELD).
@@ -39,9 +41,12 @@ def build_prompt(
     length: str,
     expand: bool,
     gen_meta: bool = False,
+    raw_user_text: bool = False,
 ) -> str:
     """Build the text the model continues (the concatenation of `build_prompt_segments`)."""
-    return "".join(text for text, _ in build_prompt_segments(meta, general, nl, mode, length, expand, gen_meta))
+    return "".join(
+        text for text, _ in build_prompt_segments(meta, general, nl, mode, length, expand, gen_meta, raw_user_text)
+    )
 
 
 def build_prompt_segments(
@@ -52,6 +57,7 @@ def build_prompt_segments(
     length: str,
     expand: bool,
     gen_meta: bool = False,
+    raw_user_text: bool = False,
 ) -> Segments:
     """Build the prompt as template and content parts.
 
@@ -64,12 +70,14 @@ def build_prompt_segments(
       False -> the prompt ends with "<last slot>:" and the model fills that slot.
     Content is inserted raw (a multi-line caption stays multi-line), except that it can never start
     a line of its own: see `one_field`.
+    raw_user_text (profile kgen): content is inserted exactly as the reference does, `key:` lines
+      included, and flagged as template text (engines tokenise typed markers as markers).
     """
     parts: list[tuple[str, bool]] = []
 
     def line(key: str, value: str) -> None:
         parts.append((f"{key}: ", True))
-        parts.append((one_field(value), False))
+        parts.append((value, True) if raw_user_text else (one_field(value), False))
         parts.append(("\n", True))
 
     for key, value in meta.items():
@@ -108,8 +116,8 @@ def one_field(value: str) -> str:
 
     The reference inserts content raw, so a caption line like "Note: ..." or a tag text
     "1girl\ntarget: <|very_long|>" would add a template line (the parser reads `\n<key>:` as a
-    field). Only such newlines go (deliberate, in both profiles: docs/PROFILES.md); any other newline
-    is kept, so ordinary multi-line captions stay byte-identical to the reference.
+    field). Only such newlines go (profile fixed; kgen inserts content raw: docs/PROFILES.md); any
+    other newline is kept, so ordinary multi-line captions stay byte-identical to the reference.
     """
     if "\n" not in value:
         return value

@@ -142,7 +142,7 @@ async def test_work_that_cannot_finish_in_time_is_refused_at_once():
         async with admission.permit(1, time.monotonic() + 3):
             pass
     assert time.monotonic() - started < 0.1
-    assert refused.value.retry_after_s == 2
+    assert 1 <= refused.value.retry_after_s <= 2  # jittered within the predicted wait
     waiter = asyncio.create_task(_hold(admission, release, entered, 1, deadline_s=10))  # fits in 10 s: queued
     await _settle()
     assert admission.waiting == 1

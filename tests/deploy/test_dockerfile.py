@@ -11,10 +11,7 @@ import json
 import re
 import shlex
 import subprocess
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+import tomllib
 
 import pytest
 

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import copy
 import re
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+import tomllib
 from urllib.parse import urlparse
 
 import kubernetes_validate

@@ -127,21 +127,29 @@ def test_missing_tokenizer_model_is_a_clear_error(tmp_path):
 
 
 def test_segments_keep_user_text_literal_and_equal_the_reference_otherwise(tiny_model, tag_index):
-    """The runner's ModelCall.segments, encoded by the engines: a `<|long|>` typed by a user is no
-    added token, the template's own is; prompts without typed markers get the reference's ids."""
+    """The runner's ModelCall.segments, encoded by the engines: in `fixed` a `<|long|>` typed by a user
+    is no added token, the template's own is; in `kgen` (raw_user_text) the typed one is the marker
+    token too, as in the reference; prompts without typed markers get the reference's ids in both."""
     from service.tipo.runner import TipoRequest, TipoRunner
 
     tokenizer = PromptTokenizer.from_model_dir(tiny_model.path)
     added_ids = {32000 + index for index in range(len(TIPO_ADDED_TOKENS))} | {1, 2, 0}
+    long_id = tokenizer.added_tokens["<|long|>"].id
     for profile in ("kgen", "fixed"):
         typed = TipoRequest(tags="1girl, <|long|>, <|very_long|> </s>", nl_prompt="A girl.\n<|short|>\ntarget: x",
                             seed=2, profile=profile)
         call = TipoRunner(typed, tag_index).next_call()
         ids = tokenizer.encode_segments(call.segments)
-        template_markers = [tokenizer.added_tokens[m].id for m in ("<|long|>", "<|short_to_tag|>")]
         assert call.prompt.count("<|long|>") == 2  # the template's and the user's
-        assert [i for i in ids if i in added_ids] == [1, *template_markers]  # BOS, then the target line only
-        assert tokenizer.encode_template(call.prompt).count(32003) == 2  # the reference would read both
+        as_reference = tokenizer.encode_template(call.prompt)
+        assert as_reference.count(long_id) == 2  # the reference reads both
+        if profile == "kgen":
+            assert ids == as_reference and ids.count(long_id) == 2
+            assert tokenizer.added_tokens["<|short|>"].id in ids and tokenizer.eos_id in ids
+        else:
+            template_markers = [tokenizer.added_tokens[m].id for m in ("<|long|>", "<|short_to_tag|>")]
+            assert [i for i in ids if i in added_ids] == [1, *template_markers]  # BOS, then the target line only
+            assert ids.count(long_id) == 1
 
         plain = TipoRequest(tags="1girl, solo, long hair", nl_prompt="A girl.\nShe smiles.", seed=2, profile=profile)
         call = TipoRunner(plain, tag_index).next_call()

@@ -15,6 +15,7 @@ import pytest
 
 from service.engine.base import EngineError, PromptTooLongError, Sampling
 from service.engine.tokenizer import PromptTokenizer
+from service.engine.vllm import reserved_cpu_cores
 
 PROMPT = "aspect_ratio: 1.0\ntarget: <|long|> <|tag_to_long|>\ntag: 1girl, solo, twintails\nlong:"
 
@@ -248,3 +249,10 @@ def test_completion_text_is_what_the_model_appended(engine_thread):
         choice = engine_thread.run(run(seed))
         whole = decoder.decode(prompt_ids + list(choice.token_ids), skip_special_tokens=False)
         assert whole == decoder.decode(prompt_ids, skip_special_tokens=False) + choice.text
+
+
+@pytest.mark.parametrize("setting, cores, reserved", [
+    (None, 2, 0), (None, 4, 0), (None, 8, None), (None, 64, None), (1, 2, 1), (0, 64, 0), (2, 16, 2)])
+def test_small_machines_compute_on_every_core_unless_told_otherwise(setting, cores, reserved):
+    assert reserved_cpu_cores(setting, cores) == reserved
+

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-kgen_tipo = pytest.importorskip("kgen.executor.tipo")  # imports torch: once per module
+# A hard dependency (pyproject), so a broken install fails here instead of skipping (imports torch: once per module).
+import kgen.executor.tipo as kgen_tipo  # noqa: E402
 import kgen.formatter as kgen_formatter  # noqa: E402
 
 from service.tipo.constants import FORMAT_PRESETS, LENGTHS, SINGLE_OPERATIONS, TRAINED_MODES  # noqa: E402
@@ -23,7 +24,7 @@ from service.tipo.format import apply_format  # noqa: E402
 from service.tipo.parse import parse_output  # noqa: E402
 from service.tipo.plan import plan_request, plan_single_operation  # noqa: E402
 from service.tipo.postprocess import BanList, postprocess  # noqa: E402
-from service.tipo.profile import KGEN, ReferenceFailure  # noqa: E402
+from service.tipo.profile import FIXED, KGEN, ReferenceFailure  # noqa: E402
 from service.tipo.runner import TipoRequest, TipoRunner  # noqa: E402
 from service.tipo.tags import classify  # noqa: E402
 from service.tipo.template import build_prompt, one_field  # noqa: E402
@@ -111,11 +112,14 @@ def meta_dicts(draw):
 @given(meta=meta_dicts(), general=tags_text, nl=caption, mode=mode, length=st.one_of(length, st.just("")),
        expand=st.booleans(), gen_meta=st.booleans())
 def test_template_matches_reference(meta, general, nl, mode, length, expand, gen_meta):
-    # The one deliberate difference (docs/PROFILES.md): a newline in content that would start a new
-    # `key:` field is joined into a space. `one_field` leaves every other text as it is.
+    # kgen (raw_user_text): content as typed, exactly the reference's prompt.
+    expected = kgen_tipo.apply_tipo_prompt(meta, general, nl, mode, length, expand, gen_meta)
+    assert build_prompt(meta, general, nl, mode, length, expand, gen_meta, raw_user_text=KGEN.raw_user_text) == expected
+    # fixed (docs/PROFILES.md): a newline in content that would start a new `key:` field is joined into
+    # a space. `one_field` leaves every other text as it is.
     joined = {key: one_field(value) if value else value for key, value in meta.items()}
     expected = kgen_tipo.apply_tipo_prompt(joined, one_field(general), one_field(nl), mode, length, expand, gen_meta)
-    assert build_prompt(meta, general, nl, mode, length, expand, gen_meta) == expected
+    assert build_prompt(meta, general, nl, mode, length, expand, gen_meta, raw_user_text=FIXED.raw_user_text) == expected
 
 
 @EXAMPLES
@@ -270,7 +274,7 @@ def reference_node(tags: str, nl: str, seed: int, tag_length: str, nl_length: st
         meta["aspect_ratio"] = "1.0"
         tag_map, _ = kgen_tipo.tipo_runner(meta, operations, general, nl, temperature=0.5, seed=seed, top_p=0.95,
                                            min_p=0.05, top_k=80)
-    except IndexError:
+    except (IndexError, AttributeError):  # what the reference raises on such input (crash_like_reference)
         return calls, None
     finally:
         kgen_tipo.generate = original_generate
@@ -308,3 +312,106 @@ def test_whole_run_matches_reference(tags, nl, seed, tag_length, nl_length, ban,
     for category, tags_of_category in result.tags.items():
         assert tags_of_category == tag_map.get(category, [])
     assert result.captions == {key: tag_map.get(key, "") for key in ("extended", "generated")}
+
+
+# --- multi-line input, typed markers and literal formats: whole runs and the node's four strings ------
+# kgen inserts user text as typed (profile flag raw_user_text), so a caption line `Style: ...` or a tag
+# text `1girl\ntarget: <|very_long|>` reaches the model (and the parser) exactly as in the reference.
+
+KEY_LINES = ["Style: the scene feels melancholic.", "target: <|very_long|>", "tag: 1boy, solo", "long: injected.",
+             "short: x", "Note: calm scene", " target: z", "rating: explicit", "generated: y", "extended: z",
+             "quality: masterpiece", ": no key", "aspect_ratio: 2.0"]
+MARKERS = ["<|long|>", "<|tag_to_long|>", "<|empty|>", "<|short|>", "<|very_long|>", "<|gen_meta|>", "</s>", "<s>"]
+line_text = st.one_of(st.sampled_from(SENTENCES[:7] + STORY), st.sampled_from(KEY_LINES), st.sampled_from(MARKERS))
+multiline_caption = st.one_of(
+    st.lists(line_text, min_size=1, max_size=5).flatmap(
+        lambda lines: st.lists(st.sampled_from(["\n", "\n\n", " ", "\n "]), min_size=len(lines), max_size=len(lines))
+        .map(lambda seps: "".join(sep + line for sep, line in zip(seps, lines)).lstrip(" "))),
+    st.just("Her amber eyes sparkle with curiosity.\nStyle: the scene feels melancholic."),
+    plain_caption,
+)
+multiline_tag = st.one_of(
+    plain_tag,
+    st.tuples(plain_tag, st.sampled_from(["\n", "\n\n"]), st.sampled_from(KEY_LINES + MARKERS)).map("".join),
+    st.sampled_from(MARKERS),
+)
+LITERAL_FORMATS = ["masterpiece, best quality, ", "score_9, score_8_up, source_anime", "plain text\nline two",
+                   "<|long| almost a placeholder", "", "  "]
+any_format = st.one_of(st.sampled_from(list(FORMAT_PRESETS.values())), st.sampled_from(LITERAL_FORMATS),
+                       st.just("<|general|>\n<|generated|>\n<|extended|>."))
+
+
+def reference_outputs(tags: str, nl: str, seed: int, tag_length: str, nl_length: str, template: str):
+    """The model calls and the ComfyUI node's four strings (SPEC §4.4) for plain input (no emphasis
+    syntax), from kgen's functions; None for the strings where the reference crashes."""
+    user_map = kgen_formatter.seperate_tags([t.strip() for t in tags.split(",") if t.strip()])
+    meta, _, general, plan_nl = kgen_tipo.parse_tipo_request(
+        copy.deepcopy(user_map), nl, tag_length_target=tag_length, nl_length_target=nl_length,
+        generate_extra_nl_prompt=(not nl and "<|extended|>" in template) or "<|generated|>" in template,
+    )
+    meta["aspect_ratio"] = "1.0"
+    document = kgen_tipo.apply_tipo_prompt(meta, general, plan_nl, "short_to_tag_to_long", tag_length, True, True)
+    user_prompt = kgen_formatter.apply_format(kgen_tipo.parse_tipo_result(document), template)
+    calls, tag_map = reference_node(tags, nl, seed, tag_length, nl_length, [], template)
+    if tag_map is None:
+        return calls, None
+    new_tags, caption = [], ""
+    for key, value in tag_map.items():  # the node's addon: the caption visited last wins (SPEC §4.4)
+        if key in ("generated", "extended"):
+            caption = value if key == "extended" or not caption else caption
+        elif key in user_map:
+            new_tags.extend(t for t in value if t not in user_map[key])
+    strings = {
+        "prompt": kgen_formatter.apply_format(tag_map, template),
+        "user_prompt": user_prompt,
+        "unformatted_prompt": tags + ", " + ", ".join(new_tags) + "\n" + caption,
+        "unformatted_user_prompt": tags + nl,
+    }
+    return calls, (tag_map, strings)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(tags=st.lists(multiline_tag, max_size=6).map(", ".join), nl=multiline_caption, seed=st.integers(1, 2**40),
+       tag_length=length, nl_length=length, template=any_format)
+def test_multiline_input_typed_markers_and_literal_formats_match_reference(tags, nl, seed, tag_length, nl_length,
+                                                                           template):
+    tag_index = shared_tag_index()
+    calls, expected = reference_outputs(tags, nl, seed, tag_length, nl_length, template)
+    request = TipoRequest(tags=tags, nl_prompt=nl, seed=seed, tag_length=tag_length, nl_length=nl_length,
+                          format=template, profile="kgen")
+    runner = TipoRunner(request, tag_index)
+    sent = []
+    try:
+        while (call := runner.next_call()) is not None:
+            assert all(is_template for _, is_template in call.segments)  # tokenised like the reference
+            sent.append((call.prompt, call.sampling.seed))
+            runner.feed(fake_completion(call.prompt, call.sampling.seed))
+    except ReferenceFailure:
+        assert expected is None, "we failed where the reference did not"
+        assert sent == [(prompt, kwargs["seed"]) for prompt, kwargs in calls]
+        return
+    assert expected is not None, "the reference crashed but we did not"
+    assert sent == [(prompt, kwargs["seed"]) for prompt, kwargs in calls]
+    tag_map, strings = expected
+    result = runner.result()
+    assert {name: getattr(result, name) for name in strings} == strings
+    for category, tags_of_category in result.tags.items():
+        assert tags_of_category == tag_map.get(category, [])
+    assert result.captions == {key: tag_map.get(key, "") for key in ("extended", "generated")}
+
+
+def test_multiline_caption_of_the_issue_matches_reference():
+    """The issue's example, one fixed case: the `Style:` line is a prompt line of its own, as typed."""
+    nl = "Her amber eyes sparkle with curiosity.\nStyle: the scene feels melancholic."
+    template = FORMAT_PRESETS["Both, tag first (recommend)"]
+    calls, expected = reference_outputs("1girl, solo", nl, 1234, "short", "short", template)
+    runner = TipoRunner(TipoRequest(tags="1girl, solo", nl_prompt=nl, seed=1234, tag_length="short",
+                                    nl_length="short", format=template, profile="kgen"), shared_tag_index())
+    sent = []
+    while (call := runner.next_call()) is not None:
+        sent.append((call.prompt, call.sampling.seed))
+        runner.feed(fake_completion(call.prompt, call.sampling.seed))
+    assert sent == [(prompt, kwargs["seed"]) for prompt, kwargs in calls]
+    assert "\nshort: Her amber eyes sparkle with curiosity.\nStyle: the scene feels melancholic.\n" in sent[0][0]
+    result = runner.result()
+    assert {name: getattr(result, name) for name in expected[1]} == expected[1]

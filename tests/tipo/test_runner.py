@@ -75,6 +75,23 @@ def test_same_output_five_times_stops_the_operation_and_eleven_attempts_at_most(
     assert len(result.calls) == 11
 
 
+@pytest.mark.parametrize("profile", ["fixed", "kgen"])
+def test_a_retry_that_does_not_fit_the_context_ends_the_pass_with_what_it_has(tag_index, profile):
+    request = TipoRequest(tags="1girl", nl_prompt="", tag_length="long", format="<|general|>", profile=profile)
+    runner = TipoRunner(request, tag_index)
+    with pytest.raises(RunnerStateError):  # the first call holds only the user's input
+        runner.next_call()
+        runner.context_full()
+    runner.feed(", solo, smile")  # too few tags for `long`: a retry follows
+    retry = runner.next_call()
+    assert retry is not None and "solo" in retry.prompt
+    runner.context_full()  # the engine cannot take the retry
+    assert runner.next_call() is None and runner.context_ends == 1
+    result = runner.result()
+    assert result.tags["special"] == ["1girl"] and sorted(result.tags["general"]) == ["smile", "solo"]
+    assert len(result.calls) == 1
+
+
 def test_runners_are_independent_and_leave_the_global_random_alone(tag_index):
     random.seed(123)
     expected_global = random.random()

@@ -71,7 +71,9 @@ class TipoRequestBody(BaseModel):
                                       "anchored at the start.", examples=["sky, .*hair"])
     format: str = Field(DEFAULT_FORMAT_NAME, description="A preset name (" + ", ".join(map(repr, FORMAT_PRESETS))
                         + ") or a template with <|special|> <|characters|> <|copyrights|> <|artist|> <|general|> "
-                        "<|extended|> <|generated|> <|quality|> <|meta|> <|rating|> placeholders.",
+                        "<|extended|> <|generated|> <|quality|> <|meta|> <|rating|> placeholders. A text with "
+                        "no placeholder is a 422 in profile 'fixed' (a misspelt preset name) and printed "
+                        "literally in 'kgen', as by the reference.",
                         examples=["Both, tag first (recommend)", "<|general|>\n<|generated|>"])
     seed: int | None = Field(None, gt=-SEED_RANGE, lt=SEED_RANGE,
                              description="Seed of the whole request (same seed + same model = same output). "
@@ -88,7 +90,8 @@ class TipoRequestBody(BaseModel):
                                         "Operation' node) instead of the planned passes; 'None' = tag expansion.")
     profile: ProfileName | None = Field(None, description="'fixed' (the server default unless configured) "
                                         "fixes the reference's bugs; 'kgen' reproduces tipo-kgen 0.3.1 + the "
-                                        "ComfyUI node byte for byte.")
+                                        "ComfyUI node byte for byte, user text sent as typed. The server's "
+                                        "allowed_profiles may allow only one (422 otherwise).")
     frontend: Literal["comfy", "webui"] = Field("comfy", description="Reference front end to reproduce: "
                                                 "'comfy' (the ComfyUI TIPO node: four strings) or 'webui' (the "
                                                 "SD-WebUI script: one string in `prompt`; min_p is kgen's 0.1, "
@@ -123,14 +126,6 @@ class TipoRequestBody(BaseModel):
     def _ban_list(cls, value: str | list[str]) -> str | list[str]:
         if isinstance(value, list) and any("," in entry for entry in value):
             raise ValueError("a ban_tags list entry must not contain ',' (send one tag or regex per entry)")
-        return value
-
-    @field_validator("format")
-    @classmethod
-    def _known_format(cls, value: str) -> str:
-        if value not in FORMAT_PRESETS and not ("<|" in value and "|>" in value):
-            raise ValueError("format must be a preset name (" + ", ".join(map(repr, FORMAT_PRESETS))
-                             + ") or a template with <|...|> placeholders")
         return value
 
     def ban_list(self) -> tuple[str, ...]:

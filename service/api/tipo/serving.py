@@ -30,7 +30,8 @@ from service.api.tipo.protocol import (
     TipoTimings,
     TipoUsage,
 )
-from service.engine.base import EngineError
+from service.engine.base import EngineError, PromptTooLongError
+from service.settings import Settings
 from service.tipo.runner import TipoRequest, TipoResult, TipoRunner
 
 
@@ -105,8 +106,7 @@ class TipoServing:
         """Validate what depends on settings and build the runner; input problems -> ApiError 422."""
         settings = self.state.settings
         check_input_limits(body, settings)
-        core_request = to_core_request(body, profile=body.profile or settings.default_profile,
-                                       seed=seed)
+        core_request = to_core_request(body, profile=request_profile(body, settings), seed=seed)
         try:
             return TipoRunner(core_request, self.state.tag_index,
                               compile_pattern=ban_compiler(core_request, settings))
@@ -121,7 +121,7 @@ class TipoServing:
         return to_response(
             result, body, drive,
             model=self.state.model_name,
-            profile=body.profile or self.state.settings.default_profile,
+            profile=request_profile(body, self.state.settings),
             queue_s=queue_s, total_s=time.perf_counter() - started,
         )
 
@@ -129,8 +129,14 @@ class TipoServing:
         drive = Drive()
         while (call := runner.next_call()) is not None:
             call_started = time.perf_counter()
-            completion = await self.state.gateway.generate(call.prompt, call.sampling, f"{request_id}-{len(drive.calls)}",
-                                                   call.segments or None)
+            try:
+                completion = await self.state.gateway.generate(
+                    call.prompt, call.sampling, f"{request_id}-{len(drive.calls)}", call.segments or None)
+            except PromptTooLongError:
+                if not drive.calls:
+                    raise  # the user's own input is too long: 422
+                runner.context_full()  # a retry or a later pass grew past the context: end with what we have
+                continue
             call_ended = time.perf_counter()
             runner.feed(completion.text)
             drive.engine_s += call_ended - call_started
@@ -147,6 +153,17 @@ class TipoServing:
                 end_s=round(call_ended - started, 6),
             ))
         return drive
+
+
+def request_profile(body: TipoRequestBody, settings: Settings) -> str:
+    """The profile a request runs in: its own or the server's default, if the server allows it
+    (allowed_profiles: an operator may keep every request in `fixed`, docs/PROFILES.md)."""
+    profile = body.profile or settings.default_profile
+    if profile not in settings.allowed_profile_names:
+        allowed = " or ".join(repr(name) for name in settings.allowed_profile_names)
+        raise ApiError(422, f"profile {profile!r} is not allowed on this server; use {allowed} "
+                       "(allowed_profiles)", param="profile")
+    return profile
 
 
 def random_seed() -> int:

@@ -102,3 +102,17 @@ def test_client_disconnect_aborts_the_engine_work_and_is_counted(vllm_server):
         _wait_until(lambda: metric(client.get("/metrics").text, "tipo_client_disconnects_total") == before + 1,
                     "the disconnect is counted")
         _wait_until(lambda: _unfinished_engine_requests(client) == 0, "engine requests aborted after the disconnect")
+
+
+def test_retries_that_would_outgrow_the_context_end_the_pass_instead_of_failing(vllm_server):
+    # The random model never emits EOS: every call takes max_new_tokens, each retry continues from
+    # all of it, so the fourth prompt would pass the 1,024-token context. The pass ends instead.
+    body = {"tags": "1girl", "tag_length": "very_long", "nl_length": "very_short", "max_new_tokens": 400,
+            "seed": 5, "format": "tag only (DTG mode)", "return_trace": True}
+    with httpx.Client(base_url=vllm_server, timeout=300) as client:
+        response = client.post("/v1/tipo", json=body)
+    assert response.status_code == 200, response.text
+    trace = response.json()["trace"]
+    assert 2 <= len(trace) < 11  # retried, then stopped short of the 11 attempts
+    assert all(call["prompt_tokens"] + call["completion_tokens"] <= 1024 for call in trace)
+    assert trace[-1]["prompt_tokens"] + 400 > 1024 - 400  # the last call came close to the context
