@@ -104,7 +104,7 @@ def reference_child(model_dir: str, workload_file: str, device: str, dtype: str)
             result, timing = tipo.tipo_runner(meta, operations, general, nl, seed=body["seed"], temperature=0.5,
                                               top_p=0.95, min_p=0.05, top_k=80, max_new_tokens=body["max_new_tokens"])
             formatter.apply_format(result, template)
-        except IndexError:  # the reference's known crashes (SPEC §7); the service's kgen profile answers 422
+        except IndexError:  # the reference's known crashes (docs/REFERENCE.md §7); the service's kgen profile answers 422
             crashed += 1
         latencies.append(time.perf_counter() - request_started)
         calls += timing.get("generate_pass", 0)

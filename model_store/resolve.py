@@ -2,8 +2,8 @@
 
 * a directory path: used as is (it must hold config.json);
 * "auto": the first manifest model present under the models directory (manifest order), else the
-  tiny random demo model, built on first use into `<models dir>/tiny-demo` and flagged `is_demo`
-  so the service can warn loudly that its outputs are random.
+  demo model (model_store/demo.py: a tiny LLaMA trained on synthetic TIPO documents), built on first
+  use into `<models dir>/tiny-demo` and flagged `is_demo` so the service warns loudly that it is a demo.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model_store.manifest import DEFAULT_MODELS_DIR, load_manifest
-from model_store.tiny import build_tiny_model, is_demo_model
+from model_store.tiny import build_tiny_model, is_demo_model, is_trained_demo
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ def _resolve_auto(models_dir: Path) -> ResolvedModel:
         if (candidate / "config.json").is_file():
             return ResolvedModel(path=candidate.resolve(), name=entry.name, is_demo=is_demo_model(candidate))
     demo = models_dir / DEMO_MODEL_NAME
-    if not is_demo_model(demo):
-        log.warning("no TIPO model under %s; building the tiny random demo model into %s", models_dir, demo)
-        build_tiny_model(demo, shape="tiny")
+    if not is_trained_demo(demo):
+        log.warning("no TIPO model under %s; building the demo model into %s (trained on synthetic TIPO "
+                    "documents, about 2 minutes on 2 cores, once)", models_dir, demo)
+        build_tiny_model(demo, trained=True)
     return ResolvedModel(path=demo.resolve(), name=DEMO_MODEL_NAME, is_demo=True)

@@ -22,7 +22,7 @@ from model_store.manifest import load_manifest
 
 DEMO_MARKER = "tipo_demo.json"
 
-# TIPO's added tokens in the training code's order (SPEC §1.2): their ids are 32000 + index.
+# TIPO's added tokens in the training code's order (docs/REFERENCE.md §1.2): their ids are 32000 + index.
 TIPO_ADDED_TOKENS = (
     "<|empty|>",
     "<|very_short|>",
@@ -95,7 +95,7 @@ def write_tokenizer_files(dest: Path) -> None:
             entry.pop("special")
     _write_json(dest / "tokenizer_config.json", tokenizer_config)
     _write_json(dest / "special_tokens_map.json", special_map)
-    # Serialised the way transformers does (SPEC §1.2: the real file is 372 bytes).
+    # Serialised the way transformers does (docs/REFERENCE.md §1.2: the real file is 372 bytes).
     (dest / "added_tokens.json").write_text(
         json.dumps(added, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
     )
@@ -115,7 +115,8 @@ def write_random_model(dest: Path, shape: str, seed: int) -> None:
     GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=2).save_pretrained(dest)
 
 
-def build_tiny_model(dest: Path, shape: str = "tiny", seed: int = 0, overwrite: bool = False) -> Path:
+def build_tiny_model(dest: Path, shape: str = "tiny", seed: int = 0, overwrite: bool = False,
+                     trained: bool = False) -> Path:
     """Write a complete random TIPO-shaped model directory at `dest` and return it.
 
     Built in a temporary sibling directory and renamed into place, so a half-written model is never
@@ -123,20 +124,29 @@ def build_tiny_model(dest: Path, shape: str = "tiny", seed: int = 0, overwrite: 
     `overwrite`.
     """
     dest = Path(dest)
-    if (dest / DEMO_MARKER).is_file() and not overwrite:
+    if is_demo_model(dest) and is_trained_demo(dest) == trained and not overwrite:
         return dest
+    overwrite = overwrite or dest.exists()  # e.g. a random demo where a trained one is wanted
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         write_tokenizer_files(work)
-        write_random_model(work, shape, seed)
-        marker = {
-            "demo": True,
-            "shape": shape,
-            "seed": seed,
-            "warning": "random weights: outputs are random text, not TIPO prompts",
-            "built_by": "python -m model_store make-tiny",
-        }
+        if trained:  # model_store/demo.py: trained on synthetic TIPO documents (about 2 minutes)
+            from model_store.demo import DEMO_SHAPE, DEMO_VERSION, write_demo_model
+
+            facts = write_demo_model(work, seed=seed)
+            marker = {"demo": True, "trained": DEMO_VERSION, "shape": DEMO_SHAPE, "seed": seed, **facts,
+                      "warning": "a demo trained on synthetic TIPO documents: TIPO's format, not TIPO's knowledge",
+                      "built_by": "TIPO_MODEL=auto (model_store/demo.py)"}
+        else:
+            write_random_model(work, shape, seed)
+            marker = {
+                "demo": True,
+                "shape": shape,
+                "seed": seed,
+                "warning": "random weights: outputs are random text, not TIPO prompts",
+                "built_by": "python -m model_store make-tiny",
+            }
         _write_json(work / DEMO_MARKER, marker)  # written last: its presence means "complete"
         if overwrite and dest.exists():
             shutil.rmtree(dest)
@@ -152,6 +162,17 @@ def build_tiny_model(dest: Path, shape: str = "tiny", seed: int = 0, overwrite: 
 
 def is_demo_model(path: Path) -> bool:
     return (Path(path) / DEMO_MARKER).is_file()
+
+
+def is_trained_demo(path: Path) -> bool:
+    """A demo model trained by this version of model_store/demo.py (an older one is rebuilt)."""
+    from model_store.demo import DEMO_VERSION
+
+    try:
+        marker = json.loads((Path(path) / DEMO_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return marker.get("trained") == DEMO_VERSION
 
 
 def _write_json(path: Path, data: dict) -> None:

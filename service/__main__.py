@@ -21,12 +21,13 @@ logger = logging.getLogger("service")
 
 DEMO_WARNING = """
 ################################################################################
-#  NO TIPO MODEL FOUND: SERVING THE TINY RANDOM DEMO MODEL                      #
+#  NO TIPO MODEL FOUND: SERVING THE DEMO MODEL                                 #
 #                                                                              #
-#  Its weights are random, so its prompts are RANDOM NONSENSE. It exists only  #
-#  to show that the service runs. For real output put a TIPO model under       #
-#  model_store/models/ (python -m model_store fetch TIPO-200M-ft2) or set      #
-#  TIPO_MODEL to a local model directory.                                      #
+#  It is NOT TIPO: a tiny model trained for two minutes on synthetic TIPO      #
+#  documents. It answers in TIPO's format with real tags, but its choices are  #
+#  meaningless. For real output put a TIPO model under model_store/models/     #
+#  (python -m model_store fetch TIPO-200M-ft2) or set TIPO_MODEL to a local    #
+#  model directory.                                                            #
 #  Model used: {path:<64}#
 ################################################################################"""
 

@@ -120,6 +120,7 @@ async def _start(state: ServiceState, owns_engine: bool) -> None:
         lifecycle.ready()
         logger.info("ready: model %s answered a warm-up generation in %.2f s", state.model_name,
                     time.perf_counter() - started)
+        logger.info(next_steps(state.settings))
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -192,3 +193,11 @@ async def _send_json(send: Send, status: int, body: dict) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
     await send({"type": "http.response.body", "body": payload})
+
+
+def next_steps(settings: Settings) -> str:
+    """What a newcomer does next, logged once the service is ready."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    base = f"http://{host}:{settings.port}"
+    return (f"next: open {base}/docs (every endpoint, with examples) or try\n"
+            f"  curl -s {base}/v1/tipo -H 'content-type: application/json' -d '{{\"tags\": \"1girl, hatsune miku\"}}'")

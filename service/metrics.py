@@ -21,7 +21,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # 5 ms .. 60 s: a cached/scripted request takes milliseconds, a TIPO-500M request with retries seconds.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
-# A TIPO request makes 1 to 3 operations x up to 11 attempts each (SPEC §3.4).
+# A TIPO request makes 1 to 3 operations x up to 11 attempts each (docs/REFERENCE.md §3.4).
 MODEL_CALL_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 11, 15, 22, 33)
 
 

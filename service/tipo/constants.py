@@ -1,11 +1,11 @@
 """Fixed vocabulary of the TIPO pipeline: length targets, template keys, tokens, format presets.
 
-All values are those of tipo-kgen 0.3.1 and the z-tipo-extension (SPEC §1.2, §3.2, §3.3, §4.3).
+All values are those of tipo-kgen 0.3.1 and the z-tipo-extension (docs/REFERENCE.md §1.2, §3.2, §3.3, §4.3).
 """
 
 from __future__ import annotations
 
-# --- length targets (SPEC §3.2). Tags are counted as special + general; sentences by splitting on ".".
+# --- length targets (docs/REFERENCE.md §3.2). Tags are counted as special + general; sentences by splitting on ".".
 LENGTHS = ("very_short", "short", "long", "very_long")
 DEFAULT_LENGTH = "long"
 
@@ -14,12 +14,12 @@ MAX_TAGS = {"very_short": 18, "short": 36, "long": 54, "very_long": 72}
 MIN_SENTENCES = {"very_short": 1, "short": 2, "long": 4, "very_long": 8}
 MAX_SENTENCES = {"very_short": 2, "short": 4, "long": 8, "very_long": 10000}
 
-# --- the prompt template (SPEC §1.1)
+# --- the prompt template (docs/REFERENCE.md §1.1)
 # Meta lines are written in this order; aspect_ratio is added by the extensions, spelled with "_".
 META_ORDER = ("meta", "rating", "artist", "characters", "copyrights", "quality", "aspect_ratio")
 
 LENGTH_TOKENS = {length: f"<|{length}|>" for length in LENGTHS}
-# The task modes the models were trained on (added tokens, SPEC §1.2).
+# The task modes the models were trained on (added tokens, REFERENCE.md §1.2).
 TRAINED_MODES = (
     "tag_to_long",
     "long_to_tag",
@@ -34,7 +34,7 @@ GEN_META_TOKEN = "<|gen_meta|>"
 EMPTY_TOKEN = "<|empty|>"
 SLOT_SEPARATOR = "_to_"  # "short_to_tag_to_long" -> slots short, tag, long
 
-# --- single operations (ComfyUI "TIPO Single Operation" node, SPEC §3.3). "None" = plain tag expansion.
+# --- single operations (ComfyUI "TIPO Single Operation" node, REFERENCE.md §3.3). "None" = plain tag expansion.
 SINGLE_OPERATIONS = (
     "None",
     "long_to_tag",
@@ -46,16 +46,16 @@ SINGLE_OPERATIONS = (
     "tag_to_short_to_long",
 )
 
-# --- retry loop (SPEC §3.4)
+# --- retry loop (docs/REFERENCE.md §3.4)
 MAX_RETRIES = 10  # so at most 11 attempts per operation
 MAX_SAME_OUTPUT = 5  # stop after this many consecutive attempts whose text was seen before
 SEED_SPACE = 2**32  # op seeds are randint(0, 2**32), inclusive
 WEBUI_SEED_MAX = 2**31 - 1
 
-# --- sampling defaults of the reference (SPEC §3.1)
+# --- sampling defaults of the reference (docs/REFERENCE.md §3.1)
 KGEN_MIN_P = 0.1  # generate_with_retry's default, used when the front end passes no min_p (WebUI)
 
-# --- format presets (SPEC §4.3). Names are the reference's, plus the ComfyUI node's default widget value.
+# --- format presets (docs/REFERENCE.md §4.3). Names are the reference's, plus the ComfyUI node's default widget value.
 CAPTION_KEYS = ("extended", "generated")
 
 FORMAT_PRESETS = {

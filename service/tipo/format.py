@@ -1,4 +1,4 @@
-"""Turning a tag map into the final prompt (SPEC §4.3) and the ComfyUI node's outputs (SPEC §4.4)."""
+"""Turning a tag map into the final prompt (docs/REFERENCE.md §4.3) and the ComfyUI node's outputs (docs/REFERENCE.md §4.4)."""
 
 from __future__ import annotations
 

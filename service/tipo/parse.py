@@ -1,4 +1,4 @@
-"""Parse the model's text (prompt + completion) back into a tag map (SPEC §4.1)."""
+"""Parse the model's text (prompt + completion) back into a tag map (docs/REFERENCE.md §4.1)."""
 
 from __future__ import annotations
 

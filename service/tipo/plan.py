@@ -1,4 +1,4 @@
-"""Which model passes a request needs (SPEC §3.3) and what is carried from one pass to the next.
+"""Which model passes a request needs (docs/REFERENCE.md §3.3) and what is carried from one pass to the next.
 
 A plan is a list of operations; each is one mode (or None = plain tag expansion), a length target
 and whether the model continues the last slot (expand) or fills it.
@@ -54,7 +54,7 @@ def general_from_tags(tag_map: Mapping[str, Sequence[str]]) -> str:
 
 
 def meta_from_tags(tag_map: Mapping[str, Sequence[str]]) -> dict[str, str | None]:
-    """The meta dict of SPEC §2.2: meta and quality always present (maybe ""), the others None when empty.
+    """The meta dict of REFERENCE.md §2.2: meta and quality always present (maybe ""), the others None when empty.
 
     The insertion order is the order of the meta lines in the prompt; aspect_ratio is added by the caller.
     """
@@ -79,7 +79,7 @@ def plan_request(
     tag_length: str = "",
     nl_length: str = "",
 ) -> Plan:
-    """The passes of a full request (SPEC §3.3 table).
+    """The passes of a full request (docs/REFERENCE.md §3.3 table).
 
     extra_caption: append the pass that writes a caption (the front ends ask for it when the format
     wants one). It is appended last.
@@ -142,7 +142,7 @@ def plan_single_operation(
 
 
 def carry_over(parsed: TagMap, nl: str) -> tuple[str, str]:
-    """(general, nl) for the next operation after a non-final one (SPEC §3.3 "state carried").
+    """(general, nl) for the next operation after a non-final one (docs/REFERENCE.md §3.3 "state carried").
 
     A caption written by this pass continues the user's text when there was one, so it becomes
     `extended`; `parsed` is updated in place like the reference does. The meta block never changes.

@@ -1,4 +1,4 @@
-"""Post-processing of one parsed model answer (SPEC §4.2) and the ban filter (SPEC §2.4).
+"""Post-processing of one parsed model answer (docs/REFERENCE.md §4.2) and the ban filter (docs/REFERENCE.md §2.4).
 
 Order of the steps, and of the random draws, follows tipo-kgen 0.3.1: both matter for byte-identical
 output, since the new tags and sentences are shuffled with the request's RNG.
@@ -237,7 +237,7 @@ def sentence_count(text: str) -> int:
 
 
 def meets_target(parsed: dict, target: str, length: str) -> bool:
-    """The retry criterion of one attempt (SPEC §3.4)."""
+    """The retry criterion of one attempt (docs/REFERENCE.md §3.4)."""
     if target == "long" and "generated" not in parsed:
         target = "short"
     if target == "tag":

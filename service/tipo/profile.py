@@ -1,7 +1,7 @@
 """Behaviour profiles.
 
 `kgen` reproduces tipo-kgen 0.3.1 + the z-tipo-extension ComfyUI node byte for byte, bugs included
-(SPEC §7). `fixed` (the default) fixes those bugs. Each flag below is one documented difference;
+(docs/REFERENCE.md §7). `fixed` (the default) fixes those bugs. Each flag below is one documented difference;
 docs/PROFILES.md lists them with the test that shows each one.
 
 Where the reference crashes (IndexError on a `short` caption without user NL, NL made only of dots),

@@ -8,12 +8,12 @@
 No I/O and no engine inside, so the serving layer can drive many runners against one engine at once.
 The flow is the reference's (tipo-kgen 0.3.1 `tipo_runner` + the z-tipo-extension front ends):
 
-1. read the tag and caption boxes (prompt syntax), classify the tags, plan the passes (SPEC §3.3);
-2. per pass, up to 11 attempts (SPEC §3.4): build the prompt, call the model, parse, post-process,
+1. read the tag and caption boxes (prompt syntax), classify the tags, plan the passes (docs/REFERENCE.md §3.3);
+2. per pass, up to 11 attempts (docs/REFERENCE.md §3.4): build the prompt, call the model, parse, post-process,
    stop when the length target is met, else continue from what was produced with seed + 1;
-3. carry tags and caption to the next pass; format the last pass's result (SPEC §4).
+3. carry tags and caption to the next pass; format the last pass's result (docs/REFERENCE.md §4).
 
-Randomness (SPEC §2.5) comes from one `random.Random` per request, drawn in the reference's order:
+Randomness (docs/REFERENCE.md §2.5) comes from one `random.Random` per request, drawn in the reference's order:
 the request seed seeds it, each pass draws its seed with randint(0, 2**32), post-processing shuffles.
 """
 
@@ -324,7 +324,7 @@ class TipoRunner:
             next_nl = parsed.get("extended", "") or parsed.get("generated", "") or self._attempt_nl
         else:
             # fixed: a fill-mode retry re-rolls the caption instead of re-sending it (which the
-            # parser would ignore, SPEC §7-14).
+            # parser would ignore, REFERENCE.md §7-14).
             next_nl = parsed.get("extended", "") or self._attempt_nl
         self._attempt_nl = self._carried_caption(next_nl.strip())
         self._attempt_general = general_from_tags_for_retry(parsed)
@@ -403,7 +403,7 @@ class TipoRunner:
         return apply_weights(tag_map, self.tag_text, self.caption_text, self.profile)
 
     def _node_outputs(self, final_map: dict, addon) -> NodeOutputs:
-        """The TIPO node's four strings (SPEC §4.4)."""
+        """The TIPO node's four strings (docs/REFERENCE.md §4.4)."""
         new_tags = self._weighted({"tags": addon.tags, "nl": addon.nl})
         return NodeOutputs(
             prompt=self._with_extras(apply_format(self._weighted(final_map), self.template, self.profile)),

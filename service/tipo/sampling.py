@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Sampling:
-    """Defaults are the ComfyUI node's (SPEC §3.1); repetition_penalty 1.17 is kgen's generate() default."""
+    """Defaults are the ComfyUI node's (docs/REFERENCE.md §3.1); repetition_penalty 1.17 is kgen's generate() default."""
 
     temperature: float = 0.5
     top_p: float = 0.95

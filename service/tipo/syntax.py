@@ -1,6 +1,6 @@
 """A1111 / ComfyUI prompt syntax: reading the user's tag and caption boxes, writing weights back.
 
-The reference (the z-tipo-extension ComfyUI node, SPEC §2.1 and §2.3) runs the A1111 emphasis
+The reference (the z-tipo-extension ComfyUI node, REFERENCE.md §2.1 and §2.3) runs the A1111 emphasis
 grammar over both boxes:
 
     (x)  weight x 1.1        ((x))  1.1 * 1.1        (x:1.3)  weight 1.3

@@ -1,4 +1,4 @@
-"""Tag classes (SPEC §2.2): which category a booru tag belongs to, and the reference's classification.
+"""Tag classes (docs/REFERENCE.md §2.2): which category a booru tag belongs to, and the reference's classification.
 
 The four big lists (artists, characters, copyrights, meta tags; ~957k tags, 15 MB of text) come
 from tipo-kgen's `tag-list/*.txt`; `service/tag_lists.py` reads them. The reference loads them into
@@ -36,7 +36,7 @@ RATING_TAGS = ("safe", "general", "sfw", "sensitive", "nsfw", "explicit")
 
 # The categories stored in tipo-kgen's tag-list/ files (`<name>.txt`).
 LIST_FILE_CATEGORIES = ("copyrights", "meta", "artist", "characters")
-# Lookup order and key order of `classify` (SPEC §7-21: the order behind vectors.json).
+# Lookup order and key order of `classify` (docs/REFERENCE.md §7-21: the order behind vectors.json).
 CATEGORY_ORDER = LIST_FILE_CATEGORIES + ("special", "quality", "rating")
 CLASSIFY_KEYS = CATEGORY_ORDER + ("general",)
 

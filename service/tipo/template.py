@@ -1,4 +1,4 @@
-"""The TIPO prompt template (SPEC §1): meta lines, a target line, then the content slots.
+"""The TIPO prompt template (docs/REFERENCE.md §1): meta lines, a target line, then the content slots.
 
 The result must be byte-identical to the reference's prompt builder, because the models were
 trained on exactly this layout and because the service is compared with the reference byte for byte.

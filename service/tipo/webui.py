@@ -1,4 +1,4 @@
-"""The SD-WebUI script's own input and output handling (z-tipo-extension scripts/tipo.py, SPEC §2.1, §4.4).
+"""The SD-WebUI script's own input and output handling (z-tipo-extension scripts/tipo.py, REFERENCE.md §2.1, §4.4).
 
 It differs from the ComfyUI node in four ways: extra-network tokens (`<lora:x:0.8>`) are cut from
 the tag text and re-appended at the end; `BREAK` is a keyword re-inserted after the tag it
@@ -62,7 +62,7 @@ def apply_webui_weights(
     """The script's `apply_strength`, bugs included (kgen profile).
 
     A caption whose weighted parts are not all present gets the text computed for the previous
-    caption of the map (SPEC §2.3); with no previous caption the reference crashes.
+    caption of the map (docs/REFERENCE.md §2.3); with no previous caption the reference crashes.
     """
     result: dict = {}
     previous_caption: str | None = None

@@ -16,7 +16,7 @@ TAGS_PROMPT = "aspect_ratio: 1.0\ntarget: <|long|>\ntag: 1girl"
 TAGS_REQUEST = {"tags": "1girl", "seed": 5, "format": "tag only (DTG mode)"}
 SCRIPT = [
     {"prompt": TAGS_PROMPT, "completion": "".join(f", tag{i}" for i in range(40))},
-    # NL made only of dots: the reference crashes after this call (SPEC §7-16)
+    # NL made only of dots: the reference crashes after this call (docs/REFERENCE.md §7-16)
     {"prompt": "aspect_ratio: 1.0\ntarget: <|very_short|> <|long_to_tag|>\nlong: ...",
      "completion": " A girl smiles.\ntag: 1girl, solo, smile, hat, sky, tree"},
     {"prompt": "hello", "completion": " world"},

@@ -1,4 +1,4 @@
-"""The manifest lists the TIPO models with SPEC §5's facts."""
+"""The manifest lists the TIPO models with REFERENCE.md §5's facts."""
 
 from __future__ import annotations
 

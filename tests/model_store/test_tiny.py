@@ -12,7 +12,7 @@ def test_directory_has_the_hub_layout_and_the_demo_marker(tiny_model):
     files = {path.name for path in tiny_model.path.iterdir()}
     assert files == set(load_manifest().files) | {DEMO_MARKER}
     assert is_demo_model(tiny_model.path)
-    # SPEC §1.2: TIPO's added_tokens.json is 372 bytes: these 13 tokens with ids 32000..32012.
+    # REFERENCE.md §1.2: TIPO's added_tokens.json is 372 bytes: these 13 tokens with ids 32000..32012.
     assert (tiny_model.path / "added_tokens.json").stat().st_size == 372
     added = json.loads((tiny_model.path / "added_tokens.json").read_text())
     assert [added[token] for token in TIPO_ADDED_TOKENS] == list(range(32000, 32013))

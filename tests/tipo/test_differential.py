@@ -30,7 +30,7 @@ from service.tipo.tags import classify  # noqa: E402
 from service.tipo.template import build_prompt, one_field  # noqa: E402
 from tests.shared import shared_tag_index  # noqa: E402
 
-# The reference orders its tag-list categories by os.listdir; pin the order behind vectors.json (SPEC §7-21).
+# The reference orders its tag-list categories by os.listdir; pin the order behind vectors.json (docs/REFERENCE.md §7-21).
 kgen_formatter.tag_lists = {
     name: kgen_formatter.tag_lists[name]
     for name in ("copyrights", "meta", "artist", "characters", "special", "quality", "rating")
@@ -342,7 +342,7 @@ any_format = st.one_of(st.sampled_from(list(FORMAT_PRESETS.values())), st.sample
 
 
 def reference_outputs(tags: str, nl: str, seed: int, tag_length: str, nl_length: str, template: str):
-    """The model calls and the ComfyUI node's four strings (SPEC §4.4) for plain input (no emphasis
+    """The model calls and the ComfyUI node's four strings (docs/REFERENCE.md §4.4) for plain input (no emphasis
     syntax), from kgen's functions; None for the strings where the reference crashes."""
     user_map = kgen_formatter.seperate_tags([t.strip() for t in tags.split(",") if t.strip()])
     meta, _, general, plan_nl = kgen_tipo.parse_tipo_request(
@@ -356,7 +356,7 @@ def reference_outputs(tags: str, nl: str, seed: int, tag_length: str, nl_length:
     if tag_map is None:
         return calls, None
     new_tags, caption = [], ""
-    for key, value in tag_map.items():  # the node's addon: the caption visited last wins (SPEC §4.4)
+    for key, value in tag_map.items():  # the node's addon: the caption visited last wins (docs/REFERENCE.md §4.4)
         if key in ("generated", "extended"):
             caption = value if key == "extended" or not caption else caption
         elif key in user_map:

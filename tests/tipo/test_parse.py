@@ -3,7 +3,7 @@ from service.tipo.profile import FIXED, KGEN
 
 
 def test_kgen_strips_characters_not_markers():
-    # str.strip("<s>") strips the characters <, s, >: the last tag loses its "s" (SPEC §7-1).
+    # str.strip("<s>") strips the characters <, s, >: the last tag loses its "s" (docs/REFERENCE.md §7-1).
     assert clean_model_text("tag: 1girl, twintails", KGEN) == "tag: 1girl, twintail"
     # ... with or without the EOS marker (the strip goes on past "</").
     assert clean_model_text("<s> tag: 1girl, twintails</s>", KGEN) == "tag: 1girl, twintail"

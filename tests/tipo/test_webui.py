@@ -28,6 +28,6 @@ def test_caption_weights_are_written_and_a_caption_missing_them_reuses_the_previ
     tags = read_webui_tags("1girl")
     weighted = [("red", 1.2)]
     result = apply_webui_weights({"extended": "A red hat", "generated": "A blue hat"}, tags, weighted)
-    assert result == {"extended": "A (red:1.2) hat", "generated": "A (red:1.2) hat"}  # SPEC §2.3
+    assert result == {"extended": "A (red:1.2) hat", "generated": "A (red:1.2) hat"}  # REFERENCE.md §2.3
     with pytest.raises(ReferenceFailure, match="UnboundLocalError"):
         apply_webui_weights({"generated": "A blue hat"}, tags, weighted)
