@@ -455,3 +455,39 @@ def write_demo_model(dest: Path, seed: int = 0, steps: int = TRAIN_STEPS, docume
     model.save_pretrained(dest, safe_serialization=True)
     GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=2).save_pretrained(dest)
     return {"train_steps": steps, "documents": documents, "build_seconds": round(time.monotonic() - started, 1)}
+
+
+DEMO_WARNING = ("demo model trained for a minute on synthetic TIPO-format documents (template sentences, "
+                "random common tags): NOT TIPO, its prompts are not meaningful")
+
+
+def build_demo_model(dest: Path, seed: int = 0, overwrite: bool = False, steps: int = TRAIN_STEPS,
+                     documents: int = NUM_DOCUMENTS) -> Path:
+    """Train and write the demo model directory at `dest` (atomically, like build_tiny_model); an
+    existing demo model of this version is kept unless `overwrite`."""
+    from model_store.tiny import build_model_dir, is_demo_model
+
+    dest = Path(dest)
+    if is_current_demo_model(dest) and not overwrite:
+        return dest
+    if is_demo_model(dest):
+        overwrite = True  # a random demo model, or one of another version of this builder
+    marker = {
+        "demo": True,
+        "kind": "trained",
+        "version": DEMO_VERSION,
+        "shape": DEMO_SHAPE,
+        "seed": seed,
+        "warning": DEMO_WARNING,
+        "built_by": "python -m model_store make-tiny",
+    }
+    log.warning("building the demo model into %s: about a minute of training on 2 CPU cores", dest)
+    return build_model_dir(dest, lambda work: write_demo_model(work, seed, steps, documents), marker, overwrite)
+
+
+def is_current_demo_model(path: Path) -> bool:
+    """A trained demo model written by this version of the builder."""
+    from model_store.tiny import read_marker
+
+    marker = read_marker(path)
+    return marker.get("kind") == "trained" and marker.get("version") == DEMO_VERSION

@@ -1,4 +1,4 @@
-"""Build a random TIPO-shaped model offline: `python -m model_store make-tiny`.
+"""Build a random TIPO-shaped model offline: `python -m model_store make-tiny --random`.
 
 No TIPO weights can be downloaded on CI machines, yet the real loading code (vLLM, our tokenizer)
 must run. This writes a directory laid out like a TIPO hub repo (manifest `files`): a random
@@ -6,7 +6,9 @@ must run. This writes a directory laid out like a TIPO hub repo (manifest `files
 added tokens (ids 32000..32012, vocab 32013). The tokenizer model is Mistral's v1 vocabulary that
 ships in the `mistral_common` wheel (same format and BOS/EOS/UNK ids as LLaMA, other piece ids).
 
-A marker file (DEMO_MARKER) tells the service this is a demo model: its outputs are random.
+A marker file (DEMO_MARKER) tells the service this is a demo model: this random one writes random
+text. `model_store.demo` builds the trained demo model (the default of `make-tiny` and of
+`TIPO_MODEL=auto`) in the same layout; this random one is for tests and benchmarks (`--random`).
 """
 
 from __future__ import annotations
@@ -115,39 +117,35 @@ def write_random_model(dest: Path, shape: str, seed: int) -> None:
     GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=2).save_pretrained(dest)
 
 
-def build_tiny_model(dest: Path, shape: str = "tiny", seed: int = 0, overwrite: bool = False,
-                     trained: bool = False) -> Path:
+def build_tiny_model(dest: Path, shape: str = "tiny", seed: int = 0, overwrite: bool = False) -> Path:
     """Write a complete random TIPO-shaped model directory at `dest` and return it.
 
     Built in a temporary sibling directory and renamed into place, so a half-written model is never
     seen (another process may be building the same one). An existing complete model is kept unless
     `overwrite`.
     """
+    marker = {
+        "demo": True,
+        "shape": shape,
+        "seed": seed,
+        "warning": "random weights: outputs are random text, not TIPO prompts",
+        "built_by": "python -m model_store make-tiny --random",
+    }
+    return build_model_dir(dest, lambda work: write_random_model(work, shape, seed), marker, overwrite)
+
+
+def build_model_dir(dest: Path, write_weights, marker: dict, overwrite: bool = False) -> Path:
+    """The tokenizer files, `write_weights(directory)` (which may return more marker fields), then the
+    marker, in a temporary sibling directory renamed to `dest` (see build_tiny_model)."""
     dest = Path(dest)
-    if is_demo_model(dest) and is_trained_demo(dest) == trained and not overwrite:
+    if (dest / DEMO_MARKER).is_file() and not overwrite:
         return dest
-    overwrite = overwrite or dest.exists()  # e.g. a random demo where a trained one is wanted
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         write_tokenizer_files(work)
-        if trained:  # model_store/demo.py: trained on synthetic TIPO documents (about 2 minutes)
-            from model_store.demo import DEMO_SHAPE, DEMO_VERSION, write_demo_model
-
-            facts = write_demo_model(work, seed=seed)
-            marker = {"demo": True, "trained": DEMO_VERSION, "shape": DEMO_SHAPE, "seed": seed, **facts,
-                      "warning": "a demo trained on synthetic TIPO documents: TIPO's format, not TIPO's knowledge",
-                      "built_by": "TIPO_MODEL=auto (model_store/demo.py)"}
-        else:
-            write_random_model(work, shape, seed)
-            marker = {
-                "demo": True,
-                "shape": shape,
-                "seed": seed,
-                "warning": "random weights: outputs are random text, not TIPO prompts",
-                "built_by": "python -m model_store make-tiny",
-            }
-        _write_json(work / DEMO_MARKER, marker)  # written last: its presence means "complete"
+        facts = write_weights(work) or {}
+        _write_json(work / DEMO_MARKER, {**marker, **facts})  # written last: its presence means "complete"
         if overwrite and dest.exists():
             shutil.rmtree(dest)
         try:
@@ -158,6 +156,14 @@ def build_tiny_model(dest: Path, shape: str = "tiny", seed: int = 0, overwrite: 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return dest
+
+
+def read_marker(path: Path) -> dict:
+    """The demo marker's fields ({} when there is none or it is unreadable)."""
+    try:
+        return json.loads((Path(path) / DEMO_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def is_demo_model(path: Path) -> bool:
