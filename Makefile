@@ -21,12 +21,17 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(PY) -m service
 
-# promtool (Debian package `prometheus`) lints the real /metrics text in a test; CI runs as root.
+# promtool (Debian package `prometheus`) lints the real /metrics text in a test; headless Chromium
+# (Debian package `chromium`) renders /docs and /redoc offline in tests/api/test_docs.py. CI runs as root.
 tools:
-	@command -v promtool >/dev/null 2>&1 || { \
+	@missing=""; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	    apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-	  else echo "promtool missing: sudo apt-get install prometheus (its test is skipped outside CI)"; fi; }
+	    apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing:$$missing (sudo apt-get install$$missing; their tests are skipped outside CI)"; fi; \
+	fi
 
 test: $(STAMP) tools
 	$(PY) -m pytest -q

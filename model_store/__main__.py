@@ -20,12 +20,14 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("name", help="a model name from `list`, e.g. TIPO-200M")
     fetch.add_argument("--dest", type=Path, help=f"target directory (default: {DEFAULT_MODELS_DIR}/NAME)")
 
-    tiny = commands.add_parser("make-tiny", help="build a random TIPO-shaped model offline (demo, tests)")
+    tiny = commands.add_parser("make-tiny", help="build the demo model (trained on synthetic TIPO documents, "
+                               "about 2 minutes) or, with --random, a random TIPO-shaped model (tests, benchmarks)")
+    tiny.add_argument("--random", action="store_true", help="random weights (seconds) instead of the trained demo")
     tiny.add_argument("--shape", choices=sorted(load_manifest().shapes), default="tiny",
-                      help="tiny: hidden 64, 2 layers (seconds); 200m / 500m: the real TIPO shapes")
+                      help="with --random: tiny (hidden 64, 2 layers), or 200m / 500m (the real TIPO shapes)")
     tiny.add_argument("--dest", type=Path, help=f"target directory (default: {DEFAULT_MODELS_DIR}/{DEMO_MODEL_NAME}"
-                      " for tiny, else .../random-SHAPE)")
-    tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+                      " for the demo, else .../random-SHAPE)")
+    tiny.add_argument("--seed", type=int, default=0, help="weight initialisation (and training) seed")
     tiny.add_argument("--force", action="store_true", help="rebuild even if the directory holds a model")
     return parser
 
@@ -56,10 +58,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "make-tiny":
+        if not args.random:
+            if args.shape != "tiny":
+                print("error: --shape needs --random (the demo model has one shape)", file=sys.stderr)
+                return 2
+            from model_store.demo import build_demo_model
+
+            print(build_demo_model(args.dest or DEFAULT_MODELS_DIR / DEMO_MODEL_NAME, seed=args.seed,
+                                   overwrite=args.force))
+            return 0
         from model_store.tiny import build_tiny_model
 
-        default_name = DEMO_MODEL_NAME if args.shape == "tiny" else f"random-{args.shape}"
-        dest = args.dest or DEFAULT_MODELS_DIR / default_name
+        dest = args.dest or DEFAULT_MODELS_DIR / f"random-{args.shape}"
         print(build_tiny_model(dest, shape=args.shape, seed=args.seed, overwrite=args.force))
         return 0
     return 2

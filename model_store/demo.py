@@ -33,30 +33,31 @@ log = logging.getLogger(__name__)
 
 DEMO_SHAPE = "demo"
 # Bump when the documents or the training change: `auto` rebuilds a demo model built by another version.
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 GENERAL_TAGS_PATH = Path(__file__).resolve().parent / "general_tags.txt"
 
-TRAIN_STEPS = 450  # ~110 s on 2 cores (the build must stay under 2 minutes)
+TRAIN_STEPS = 400  # about 90 s on 2 cores (the whole build must stay under 2 minutes)
 TOKENS_PER_BATCH = 3072  # padded tokens per optimiser step
 NUM_DOCUMENTS = 6000
 MAX_DOCUMENT_TOKENS = 640
 LEARNING_RATE = 4e-3
+DECISION_WEIGHT = 8.0  # loss weight of the positions where the length token decides (see _tensors)
 TORCH_THREADS = 2  # fixed, so the same seed gives the same weights on any machine of the same kind
 
 LENGTHS = ("very_short", "short", "long", "very_long")
-# Tags (special + general) of a document's tag list, by length token. The service's targets are
-# very_short 6-18, short 18-36, long 36-54, very_long 54-72, and it cuts what is over them; a list
-# under them costs one more model call. So the documents sit in the upper part of each range.
-TAG_COUNT = {"very_short": (12, 17), "short": (28, 35), "long": (45, 53), "very_long": (63, 71)}
+# Chance of each general-tag item (one tag, or one "(one)" group) to be in a document's tag list, by
+# length token: about 12 / 26 / 44 / 61 tags with the special one (the service's targets are 6-18,
+# 18-36, 36-54, 54-72; it cuts what is over them, and a list under them costs one more model call).
+TAG_RATE = {"very_short": 0.038, "short": 0.085, "long": 0.148, "very_long": 0.205}
 # Captions: the subject sentence, some of the middle sentences (in a fixed order), the closing
 # sentence, then EOS: no counting needed to stop. The chance of each middle sentence, by length token,
 # gives 2 / about 3-4 / 6-7 / all sentences (targets 1-2, 2-4, 4-8, 8 or more; overshoot is cut).
-SENTENCE_RATE = {"very_short": 0.0, "short": 0.12, "long": 0.33, "very_long": 1.0}
+SENTENCE_RATE = {"very_short": 0.0, "short": 0.18, "long": 0.45, "very_long": 1.0}
 # The modes the planner sends (service/tipo/plan.py), with their share of the documents.
 MODES = (
-    (None, 0.28),
-    ("tag_to_long", 0.24),
-    ("short_to_tag", 0.12),
+    (None, 0.26),
+    ("tag_to_long", 0.28),
+    ("short_to_tag", 0.10),
     ("long_to_tag", 0.14),
     ("short_to_tag_to_long", 0.12),
     ("tag_to_short_to_long", 0.10),
@@ -76,6 +77,7 @@ COLORS = ("soft", "vivid", "warm", "cool", "pale", "rich", "bright", "muted")
 LIGHTS = ("soft", "bright", "warm", "natural", "gentle", "dim")
 LAYOUTS = ("balanced", "simple", "dynamic", "centered", "open")
 DETAILS = ("fine", "clean", "delicate", "sharp", "soft")
+OPENINGS = {"short": "A picture of", "long": "The picture shows", "very_long": "This detailed picture shows"}
 KINDS = ("an illustration", "a drawing", "a painting", "an anime picture", "a digital artwork")
 
 
@@ -158,6 +160,7 @@ class Scene:
     special: str
     subject: tuple  # (name, pronoun, is, has)
     by_group: dict[str, list[str]] = field(default_factory=dict)  # the tags of each group, in file order
+    length: str = ""  # of the caption being written ("": a caption as a user would give it)
 
 
 class DocumentMaker:
@@ -185,26 +188,23 @@ class DocumentMaker:
     def scene(self, rng: random.Random, length: str) -> Scene:
         subject = _weighted(rng, SUBJECTS, [s[1] for s in SUBJECTS])
         scene = Scene(special=subject[0], subject=(subject[2], subject[3], subject[4], subject[5]))
-        special = len(subject[0].split(", ")) if subject[0] else 0
-        low, high = TAG_COUNT[length]
-        wanted = max(0, rng.randint(low, high) - special)
-        # An item is one tag, or one "(one)" group (one tag of it).
-        items = [(group, tag) for group in self.groups if not group.one for tag in group.tags]
-        items += [(group, None) for group in self.groups if group.one]
-        chosen = rng.sample(items, min(wanted, len(items)))
+        rate = TAG_RATE[length]
         for group in self.groups:
-            scene.by_group[group.name] = []
-        for group, tag in chosen:
-            scene.by_group[group.name].append(tag if tag is not None else rng.choice(group.tags))
-        for group in self.groups:  # file order inside each group (the captions use it)
-            scene.by_group[group.name].sort(key=group.tags.index)
+            if group.one:  # the group counts as one item
+                scene.by_group[group.name] = [rng.choice(group.tags)] if rng.random() < rate * 2 else []
+            else:
+                scene.by_group[group.name] = [tag for tag in group.tags if rng.random() < rate]
         return scene
 
-    def tag_text(self, rng: random.Random, scene: Scene) -> str:
-        """Special tags, then the general ones in random order (like Danbooru's tag lists in TIPO's
-        training data, and like the shuffled tags a retry sends back)."""
+    def tag_text(self, rng: random.Random, scene: Scene, prefix: bool) -> str:
+        """Special tags, then the general ones in file order, so that the list ends (EOS) after the
+        file's last groups without the model counting. With `prefix`, some of them come first in
+        random order (a user's tags, or the shuffled tags a retry sends) and the others follow in file
+        order from the start."""
         general = [tag for group in self.groups for tag in scene.by_group[group.name]]
-        rng.shuffle(general)
+        if prefix and general:
+            given = rng.sample(general, rng.randint(1, min(len(general), 30)))
+            general = given + [tag for tag in general if tag not in given]
         special = [scene.special] if scene.special else []
         return ", ".join(special + general)
 
@@ -214,6 +214,12 @@ class DocumentMaker:
         g = scene.by_group
         hair = (g.get("hair length", []) + g.get("hair color", []) + g.get("hairstyle", []))[:3]
         out = [f"{name} with {_listed(hair)}." if hair else f"{name} is in the picture."]
+        # The first words of a written caption say its length (OPENINGS): each later "go on or stop"
+        # then reads them nearby instead of the length token far back in the target line.
+        opening = OPENINGS.get(scene.length)
+        if opening:
+            out = [f"{opening} {name[0].lower()}{name[1:]} with {_listed(hair)}." if hair
+                   else f"{opening} {name[0].lower()}{name[1:]}."]
 
         def some(group: str, most: int = 3) -> list[str]:
             tags = g.get(group, [])
@@ -244,7 +250,10 @@ class DocumentMaker:
         optional.append(f"It looks like {rng.choice(KINDS)}.")  # always the last sentence
         return out + optional
 
-    def caption(self, rng: random.Random, scene: Scene, length: str) -> str:
+    def caption(self, rng: random.Random, scene: Scene, length: str, written: bool = True) -> str:
+        """A caption of `length`; `written`: one the model writes (its opening says the length), else
+        one a user would give."""
+        scene.length = length if written else ""
         first, *middle, last = self.sentences(rng, scene)
         rate = SENTENCE_RATE[length]
         return " ".join([first] + [sentence for sentence in middle if rng.random() < rate] + [last])
@@ -282,16 +291,17 @@ class DocumentMaker:
         slots = slots_of(mode)
         target = slots[-1]
         # The length token sizes the answer; given slots get a random size.
-        tag_length = length if target == "tag" else _weighted(rng, LENGTHS, (0.15, 0.25, 0.4, 0.2))
+        tag_length = length if target == "tag" else _weighted(rng, LENGTHS, (0.25, 0.25, 0.3, 0.2))
         scene = self.scene(rng, tag_length)
-        tags = self.tag_text(rng, scene)
+        tags = self.tag_text(rng, scene, prefix=rng.random() < 0.5)
         if "tag" in slots[:-1] and rng.random() < 0.05:
             tags = ""  # an empty middle slot (`tag: ` + newline): a caption-only request
         content = {"tag": tags}
         if "short" in slots:
-            content["short"] = self.caption(rng, scene, "very_short")
+            content["short"] = self.caption(rng, scene, "very_short", written=False)
         if "long" in slots:
-            content["long"] = self.caption(rng, scene, length if target == "long" else rng.choice(LENGTHS))
+            content["long"] = (self.caption(rng, scene, length) if target == "long"
+                               else self.caption(rng, scene, rng.choice(LENGTHS), written=rng.random() < 0.5))
         answer = content[target]
         if not answer:
             return None
@@ -310,7 +320,8 @@ class DocumentMaker:
 
 
 def _tokenized_corpus(maker: DocumentMaker, tokenizer, count: int, seed: int):
-    """[(token ids ending with EOS, first position whose token is learnt)], sorted by length."""
+    """[(token ids ending with EOS, first position whose token is learnt, position of the answer)],
+    sorted by length."""
     rng = random.Random(seed)
     corpus = []
     while len(corpus) < count:
@@ -325,7 +336,8 @@ def _tokenized_corpus(maker: DocumentMaker, tokenizer, count: int, seed: int):
         head = [part for part in segments if part[1] and part[0].startswith("target:")]
         upto = segments.index(head[0])
         prefix = list(segments[:upto]) + [(head[0][0].rstrip("\n"), True)]
-        corpus.append((ids, len(tokenizer.encode_segments(prefix))))
+        answer_at = len(tokenizer.encode_segments(segments[:-1]))
+        corpus.append((ids, len(tokenizer.encode_segments(prefix)), answer_at))
     corpus.sort(key=lambda item: len(item[0]))
     return corpus
 
@@ -355,18 +367,19 @@ def train_demo_weights(tokenizer, shape_config: dict, seed: int = 0, steps: int 
         maker = DocumentMaker(load_general_tags(index=load_tag_index()), Pools.from_tag_lists())
     corpus = _tokenized_corpus(maker, tokenizer, documents, seed)
     vocab_size = shape_config["vocab_size"]
-    seen = sorted({token for ids, _ in corpus for token in ids})
-    learnt = sorted({ids[i] for ids, start in corpus for i in range(start, len(ids))} | {tokenizer.eos_id})
+    seen = sorted({token for item in corpus for token in item[0]})
+    learnt = sorted({ids[i] for ids, start, _ in corpus for i in range(start, len(ids))} | {tokenizer.eos_id})
     seen_index = {token: i for i, token in enumerate(seen)}
     learnt_index = {token: i for i, token in enumerate(learnt)}
     log.info("demo model: %d documents (%d tokens) in %.1f s; %d token ids seen, %d learnt",
-             len(corpus), sum(len(ids) for ids, _ in corpus), time.monotonic() - started, len(seen), len(learnt))
+             len(corpus), sum(len(item[0]) for item in corpus), time.monotonic() - started, len(seen), len(learnt))
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(TORCH_THREADS)
     try:
         torch.manual_seed(seed)
-        config = LlamaConfig(**{**shape_config, "vocab_size": len(seen)})
+        # No padding_idx in the compact embedding: its row 2 is not the pad token (and would stay zero).
+        config = LlamaConfig(**{**shape_config, "vocab_size": len(seen), "pad_token_id": None})
         config._attn_implementation = "sdpa"
         body = LlamaModel(config)
         head = torch.nn.Linear(config.hidden_size, len(learnt), bias=False)
@@ -385,17 +398,19 @@ def train_demo_weights(tokenizer, shape_config: dict, seed: int = 0, steps: int 
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate)
         batch_rng = random.Random(seed + 1)
+        period = tokenizer.encode_template("a.")[-1]
         batches: list = []
         body.train()
         for step in range(steps):
             if not batches:
                 batches = _batches(corpus, batch_rng)
-            inputs, targets = _tensors(batches.pop(), seen_index, learnt_index)
+            inputs, targets, weights = _tensors(batches.pop(), seen_index, learnt_index, period)
             hidden = body(input_ids=inputs).last_hidden_state
             logits = head(hidden)
             logits = torch.cat([logits, logits.new_full((*logits.shape[:2], 1), unused_logit)], dim=-1)
-            loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1),
-                                                     ignore_index=-100)
+            losses = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1),
+                                                       ignore_index=-100, reduction="none")
+            loss = (losses * weights.view(-1)).sum() / weights.sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -419,26 +434,38 @@ def train_demo_weights(tokenizer, shape_config: dict, seed: int = 0, steps: int 
     return state
 
 
-def _tensors(batch, seen_index: dict, learnt_index: dict):
+def _tensors(batch, seen_index: dict, learnt_index: dict, period: int):
+    """Inputs, targets (-100: not learnt) and position weights of a batch.
+
+    The positions where the length token decides weigh DECISION_WEIGHT: the first tokens of the
+    answer (which tag comes first sets the pace of the list; a caption's opening says its length)
+    and those right after a "." (a caption ends or goes on). They are few, and the shared loss would
+    learn them last. A weight on positions (not on targets) leaves the learnt distributions unbiased.
+    """
     import torch
 
-    width = max(len(ids) for ids, _ in batch)
+    width = max(len(item[0]) for item in batch)
     inputs = torch.zeros(len(batch), width, dtype=torch.long)
     targets = torch.full((len(batch), width), -100, dtype=torch.long)
-    for row, (ids, start) in enumerate(batch):
+    weights = torch.zeros(len(batch), width)
+    for row, (ids, start, answer_at) in enumerate(batch):
         inputs[row, : len(ids)] = torch.tensor([seen_index[t] for t in ids])
         # Position i predicts token i + 1; learnt from token `start` on (right padding needs no mask:
         # attention is causal, so no real token sees a pad).
         for i in range(max(start, 1), len(ids)):
             targets[row, i - 1] = learnt_index[ids[i]]
-    return inputs, targets
+            decides = ids[i - 1] == period or answer_at <= i < answer_at + 8
+            weights[row, i - 1] = DECISION_WEIGHT if decides else 1.0
+    return inputs, targets, weights
 
 
 def write_demo_model(dest: Path, seed: int = 0, steps: int = TRAIN_STEPS, documents: int = NUM_DOCUMENTS) -> dict:
     """config.json, generation_config.json, model.safetensors of the trained demo model in `dest`
     (whose tokenizer files must be written already). Returns facts for the marker file."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from model_store.tiny import write_generation_config
 
     from model_store.manifest import load_manifest
     from service.engine.tokenizer import PromptTokenizer
@@ -453,7 +480,7 @@ def write_demo_model(dest: Path, seed: int = 0, steps: int = TRAIN_STEPS, docume
         model = LlamaForCausalLM(config)
     model.load_state_dict(state, assign=True, strict=True)
     model.save_pretrained(dest, safe_serialization=True)
-    GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=2).save_pretrained(dest)
+    write_generation_config(dest)
     return {"train_steps": steps, "documents": documents, "build_seconds": round(time.monotonic() - started, 1)}
 
 

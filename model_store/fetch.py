@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from model_store.manifest import DEFAULT_MODELS_DIR, load_manifest
+from model_store.tiny import write_generation_config
 
 
 class FetchError(RuntimeError):
@@ -42,4 +43,6 @@ def fetch_model(name: str, dest: Path | None = None) -> Path:
     missing = [name for name in manifest.files if not (dest / name).is_file()]
     if missing:
         raise FetchError(f"{entry.repo_id} lacks {', '.join(missing)}; downloaded files are in {dest}")
+    # TIPO's repos hold only token ids there: add TIPO's sampling, the default of raw completions.
+    write_generation_config(dest)
     return dest

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model_store.manifest import DEFAULT_MODELS_DIR, load_manifest
-from model_store.tiny import build_tiny_model, is_demo_model, is_trained_demo
+from model_store.tiny import is_demo_model
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,10 @@ def _resolve_auto(models_dir: Path) -> ResolvedModel:
         if (candidate / "config.json").is_file():
             return ResolvedModel(path=candidate.resolve(), name=entry.name, is_demo=is_demo_model(candidate))
     demo = models_dir / DEMO_MODEL_NAME
-    if not is_trained_demo(demo):
+    from model_store.demo import build_demo_model, is_current_demo_model  # torch only when building
+
+    if not is_current_demo_model(demo):
         log.warning("no TIPO model under %s; building the demo model into %s (trained on synthetic TIPO "
                     "documents, about 2 minutes on 2 cores, once)", models_dir, demo)
-        build_tiny_model(demo, trained=True)
+        build_demo_model(demo)
     return ResolvedModel(path=demo.resolve(), name=DEMO_MODEL_NAME, is_demo=True)

@@ -103,18 +103,38 @@ def write_tokenizer_files(dest: Path) -> None:
     )
 
 
+def tipo_generation_config() -> dict:
+    """generation_config.json with TIPO's recommended sampling (the ComfyUI node's defaults): what
+    vLLM's server and this service's /v1/completions use when a request names no sampling."""
+    from service.tipo.sampling import Sampling
+
+    default = Sampling()
+    return {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "do_sample": True,
+            "temperature": default.temperature, "top_p": default.top_p, "top_k": default.top_k,
+            "min_p": default.min_p, "repetition_penalty": default.repetition_penalty}
+
+
+def write_generation_config(dest: Path) -> None:
+    """Write (or complete) dest/generation_config.json with TIPO's sampling; keys already there win."""
+    path = Path(dest) / "generation_config.json"
+    try:
+        existing = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        existing = {}
+    _write_json(path, {**tipo_generation_config(), **existing})
+
+
 def write_random_model(dest: Path, shape: str, seed: int) -> None:
     """config.json, generation_config.json, model.safetensors of a randomly initialised model."""
     import torch  # lazily: only make-tiny needs torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(**load_manifest().llama_config(shape))
     config.dtype = "float32"  # TIPO's weights are fp32
     torch.manual_seed(seed)  # the same seed gives the same weights, so demo outputs are reproducible
     model = LlamaForCausalLM(config)
     model.save_pretrained(dest, safe_serialization=True)
-    # Only the token ids, like TIPO's repo: sampling comes from each request, never from this file.
-    GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=2).save_pretrained(dest)
+    write_generation_config(dest)
 
 
 def build_tiny_model(dest: Path, shape: str = "tiny", seed: int = 0, overwrite: bool = False) -> Path:
@@ -168,17 +188,6 @@ def read_marker(path: Path) -> dict:
 
 def is_demo_model(path: Path) -> bool:
     return (Path(path) / DEMO_MARKER).is_file()
-
-
-def is_trained_demo(path: Path) -> bool:
-    """A demo model trained by this version of model_store/demo.py (an older one is rebuilt)."""
-    from model_store.demo import DEMO_VERSION
-
-    try:
-        marker = json.loads((Path(path) / DEMO_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return marker.get("trained") == DEMO_VERSION
 
 
 def _write_json(path: Path, data: dict) -> None:

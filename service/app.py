@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import service
 from service.api import health
 from service.api.auth import ApiKeyGuard, load_api_keys
+from service.api.docs import install_offline_docs
 from service.api.errors import error_body, install_error_handlers
 from service.api.openai import router as openai_router
 from service.api.state import ServiceState
@@ -67,7 +68,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, t
             if owns_engine:
                 await state.engine.shutdown()
 
-    app = FastAPI(title="tipo-service", version=service.__version__, description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc come from install_offline_docs: local assets, no CDN (the pages work offline).
+    app = FastAPI(title="tipo-service", version=service.__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+    install_offline_docs(app)
     install_error_handlers(app)
     app.include_router(tipo_router.router)
     app.include_router(openai_router.router)

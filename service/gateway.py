@@ -27,7 +27,8 @@ from service.engine.base import (
     Engine,
     EngineError,
     EngineUnavailable,
-    PromptTooLongError,
+    InvalidPromptError,
+    Prompt,
     Segments,
     UnknownPromptError,
 )
@@ -81,7 +82,7 @@ class EngineGateway:
 
     # --- calls
 
-    async def generate(self, prompt: str, sampling: Sampling, request_id: str,
+    async def generate(self, prompt: Prompt, sampling: Sampling, request_id: str,
                        segments: Segments | None = None) -> Completion:
         self._call_started()
         started = time.monotonic()
@@ -90,7 +91,7 @@ class EngineGateway:
             completion = await self._watched(self.engine.generate(prompt, sampling, request_id, segments),
                                              request_id)
             answered = True
-        except (UnknownPromptError, PromptTooLongError):  # the engine answered: not its fault
+        except (UnknownPromptError, InvalidPromptError):  # the engine answered: not its fault
             answered = True
             raise
         finally:
@@ -99,10 +100,12 @@ class EngineGateway:
         self.admission.observe_call(time.monotonic() - started, completion.completion_tokens)
         return completion
 
-    async def generate_stream(self, prompt: str, sampling: Sampling, request_id: str,
-                              segments: Segments | None = None) -> AsyncIterator[str]:
+    async def generate_stream(self, prompt: Prompt, sampling: Sampling, request_id: str,
+                              segments: Segments | None = None) -> AsyncIterator[Completion]:
         self._call_started()
+        started = time.monotonic()
         answered = False
+        prompt_tokens = completion_tokens = 0
         pieces = self.engine.generate_stream(prompt, sampling, request_id, segments)
         try:
             while True:
@@ -111,9 +114,13 @@ class EngineGateway:
                 except StopAsyncIteration:
                     break
                 self.last_progress = time.monotonic()
+                prompt_tokens = max(prompt_tokens, piece.prompt_tokens)
+                completion_tokens += piece.completion_tokens
                 yield piece
             answered = True
-        except (UnknownPromptError, PromptTooLongError):
+            self.metrics.count_tokens(prompt_tokens, completion_tokens)
+            self.admission.observe_call(time.monotonic() - started, completion_tokens)
+        except (UnknownPromptError, InvalidPromptError):
             answered = True
             raise
         finally:
@@ -139,7 +146,7 @@ class EngineGateway:
             self.metrics.engine_errors.inc()
             raise
         except EngineError as exc:
-            if not isinstance(exc, (UnknownPromptError, PromptTooLongError)):
+            if not isinstance(exc, (UnknownPromptError, InvalidPromptError)):
                 self.metrics.engine_errors.inc()
             raise
         except asyncio.CancelledError:

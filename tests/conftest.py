@@ -1,6 +1,7 @@
 """Fixtures shared by the whole test suite.
 
-* `tiny_model` - a random TIPO-shaped model (model_store make-tiny), built once per session.
+* `tiny_model` - a random TIPO-shaped model (model_store make-tiny --random), built once per session.
+* `demo_model` - the trained demo model (model_store make-tiny), built once per machine.
 * `engine_thread` - ONE real vLLM engine (CPU) for the whole session. vLLM starts an EngineCore
   process (~30 s), so tests share it. It lives on an asyncio loop in a background thread:
   `engine_thread.run(coro)` runs a coroutine there and returns its result. HTTP tests can serve an
@@ -63,6 +64,18 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> ResolvedModel:
     """A tiny random TIPO-shaped model (hidden 64, 2 layers, TIPO's tokenizer), built in ~4 s."""
     path = build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-test", shape="tiny", seed=0)
     return ResolvedModel(path=Path(path), name="tiny-test", is_demo=True)
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> ResolvedModel:
+    """The trained demo model where `python -m service` looks for it (model_store/models/tiny-demo),
+    built once (about 2 minutes) unless a current one is there; the first-run test then finds it."""
+    from model_store.demo import build_demo_model
+    from model_store.manifest import DEFAULT_MODELS_DIR
+    from model_store.resolve import DEMO_MODEL_NAME
+
+    path = build_demo_model(DEFAULT_MODELS_DIR / DEMO_MODEL_NAME)
+    return ResolvedModel(path=Path(path).resolve(), name=DEMO_MODEL_NAME, is_demo=True)
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ from starlette.types import Receive, Scope, Send
 from service.admission import AdmissionError, QueueFull
 from service.api.errors import ApiError, error_body
 from service.api.state import ServiceState
-from service.engine.base import EngineError, PromptTooLongError, UnknownPromptError
+from service.engine.base import EngineError, InvalidPromptError, PromptTooLongError, UnknownPromptError
 from service.tipo.format import UnknownFormat
 from service.tipo.plan import UnknownOperation
 from service.tipo.postprocess import InvalidBanTag
@@ -222,6 +222,8 @@ def api_error_from(exc: BaseException, state: ServiceState) -> ApiError:
     if isinstance(exc, PromptTooLongError):
         return ApiError(422, f"the prompt does not fit the model's context: {exc} (shorten the input or lower "
                         f"max_new_tokens)", type="invalid_request_error", code="context_length_exceeded")
+    if isinstance(exc, InvalidPromptError):
+        return ApiError(422, f"invalid prompt: {exc}", param="prompt")
     if isinstance(exc, EngineError):
         return ApiError(503, f"the model engine failed: {exc}", type="engine_error", headers={"Retry-After": "5"})
     if isinstance(exc, ReferenceFailure):

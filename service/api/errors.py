@@ -3,9 +3,11 @@
     {"error": {"message": "...", "type": "invalid_request_error", "param": "tag_length", "code": null}}
 
 Status codes (README "Errors"):
-  400 body not readable (not UTF-8) · 401 missing/wrong API key · 404/405 unknown route · 413 body too large
+  400 body not readable (not UTF-8); on the OpenAI-style endpoints every invalid input (OpenAI's
+      semantics: `code` says what kind) · 401 missing/wrong API key · 405 wrong method · 413 body too large
   422 invalid input: validation, an invalid ban regex, a prompt longer than the model's context, or
       an input the `kgen` profile refuses because the reference crashes on it (type `reference_failure`)
+  404 unknown route, or on the OpenAI-style endpoints an unknown `model` (`code: model_not_found`)
   424 scripted engine has no recorded completion for a prompt (a replay miss, not the client's fault
       and not an outage: type `scripted_prompt_missing`, the message names the prompt)
   429 wait queue full (Retry-After) · 503 not ready, engine failed, or queue wait too long
@@ -17,6 +19,7 @@ generic 500.
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,8 +44,10 @@ class ErrorBody(BaseModel):
 
 
 ERROR_MEANINGS = {
-    400: "The body could not be read (not UTF-8, or a chunked upload past max_body_bytes).",
+    400: "The body could not be read (not UTF-8, or a chunked upload past max_body_bytes); on the OpenAI-style "
+         "endpoints: any invalid input (names the field and the fix).",
     401: "Missing or invalid API key.",
+    404: "Unknown model (code model_not_found).",
     413: "Request body too large.",
     422: "Invalid input (names the field and the fix).",
     424: "Scripted engine: no recorded completion for a prompt.",
@@ -64,6 +69,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict]:
 
 
 GENERATION_ERRORS = error_responses(400, 401, 413, 422, 424, 429, 503, 504)
+# The OpenAI-style endpoints answer invalid input with 400, as OpenAI does, and an unknown model with 404.
+OPENAI_ERRORS = error_responses(400, 401, 404, 413, 424, 429, 503, 504)
 
 
 class ApiError(Exception):
@@ -101,9 +108,14 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
     """Turn pydantic errors into one sentence that says what to fix, and the first bad field."""
     parts = []
     first_param = None
+    seen_fields = set()
     for error in errors:
-        loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")]
+        # A union field reports one error per member, tagged with the member's type: say it once.
+        loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path") and not _UNION_TAG.fullmatch(str(p))]
         field = ".".join(loc)
+        if field and field in seen_fields:
+            continue
+        seen_fields.add(field)
         if error.get("type") == "json_invalid":
             parts.append(f"the request body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})")
             continue
@@ -119,6 +131,22 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
     return "Invalid request: " + "; ".join(parts), first_param
 
 
+# The OpenAI-style endpoints answer invalid input as OpenAI does: 400 with a code.
+OPENAI_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
+
+
+def validation_code(errors: list[dict]) -> str:
+    kinds = {error.get("type") for error in errors}
+    if "json_invalid" in kinds:
+        return "invalid_json"
+    if "missing" in kinds:
+        return "missing_required_parameter"
+    return "invalid_value"
+
+
+_UNION_TAG = re.compile(r"str|int|float|bool|none|[\w-]+\[.*\]")  # pydantic's tags of union members
+
+
 def _short_repr(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -130,8 +158,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = validation_message(list(exc.errors()))
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        message, param = validation_message(errors)
+        if request.url.path in OPENAI_PATHS:  # OpenAI's SDKs raise BadRequestError on 400, not on 422
+            return JSONResponse(error_body(message, "invalid_request_error", param, validation_code(errors)),
+                                status_code=400)
         return JSONResponse(error_body(message, "invalid_request_error", param), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

@@ -19,8 +19,11 @@ from service.tipo.sampling import Sampling
 # token. segments=None: the whole prompt is template text (raw completions, warm-up).
 from service.tipo.template import Segments
 
-__all__ = ["Completion", "Engine", "EngineError", "EngineStats", "EngineUnavailable", "PromptTooLongError", "Sampling", "Segments",
-           "UnknownPromptError"]
+__all__ = ["Completion", "Engine", "EngineError", "EngineStats", "EngineUnavailable", "InvalidPromptError", "Prompt", "PromptTooLongError",
+           "Sampling", "Segments", "TokenLogprob", "UnknownPromptError"]
+
+# Template text, or token ids given by a client of /v1/completions (sent to the model as they are).
+Prompt = str | list[int]
 
 
 class EngineError(RuntimeError):
@@ -36,16 +39,34 @@ class UnknownPromptError(EngineError):
     """Scripted engine: no recorded completion for this prompt (and seed)."""
 
 
-class PromptTooLongError(EngineError):
+class InvalidPromptError(EngineError):
+    """The prompt cannot run as given (a token id outside the vocabulary). A client error (4xx)."""
+
+
+class PromptTooLongError(InvalidPromptError):
     """The prompt leaves no room for a completion in the model's context. A client error (4xx)."""
 
 
 @dataclass
+class TokenLogprob:
+    """One generated token with its log-probability and the most likely tokens at its position."""
+
+    token: str
+    logprob: float
+    top: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class Completion:
+    """A whole completion, or, from generate_stream(), one piece of it: then the counts are those of
+    the piece (their sum over the pieces is the completion's) and finish_reason is None until the last."""
+
     text: str  # only what the model appended to the prompt (no prompt, no BOS/EOS)
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    finish_reason: str = "stop"  # "stop" (EOS) or "length"
+    finish_reason: str | None = "stop"  # "stop" (EOS or a stop sequence) or "length"
+    logprobs: list[TokenLogprob] | None = None  # with Sampling.logprobs: one entry per generated token
+    token_ids: tuple[int, ...] = ()  # the generated token ids, where the engine reports them
 
 
 @dataclass
@@ -69,17 +90,27 @@ class Engine(abc.ABC):
         """Release the model."""
 
     @abc.abstractmethod
-    async def generate(self, prompt: str, sampling: Sampling, request_id: str,
+    async def generate(self, prompt: Prompt, sampling: Sampling, request_id: str,
                        segments: Segments | None = None) -> Completion:
-        """Complete `prompt` (BOS is added by the engine). Raises EngineError when it cannot.
+        """Complete `prompt` (BOS is added by the engine to text, not to token ids). Raises
+        EngineError when it cannot.
 
         `segments`, when given, split `prompt` into template and user parts (see `Segments`)."""
 
-    async def generate_stream(self, prompt: str, sampling: Sampling, request_id: str,
-                              segments: Segments | None = None) -> AsyncIterator[str]:
-        """Yield the completion text in pieces. Default: one piece."""
-        completion = await self.generate(prompt, sampling, request_id, segments)
-        yield completion.text
+    async def generate_stream(self, prompt: Prompt, sampling: Sampling, request_id: str,
+                              segments: Segments | None = None) -> AsyncIterator[Completion]:
+        """Yield the completion in pieces (see `Completion`). Default: one piece."""
+        yield await self.generate(prompt, sampling, request_id, segments)
+
+    def sampling_defaults(self) -> dict[str, float | int]:
+        """The model's own sampling defaults (its generation_config.json: temperature, top_p, top_k,
+        min_p, repetition_penalty, max_new_tokens), for raw completions that name none. {}: none."""
+        return {}
+
+    @property
+    def max_model_len(self) -> int | None:
+        """Tokens of context (prompt + completion); None when unknown."""
+        return None
 
     async def check(self) -> None:
         """A cheap health check while idle; raises EngineUnavailable when the engine cannot be

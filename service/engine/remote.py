@@ -20,7 +20,17 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from service.engine.base import Completion, Engine, EngineError, EngineStats, EngineUnavailable, Sampling, Segments
+from service.engine.base import (
+    Completion,
+    Engine,
+    EngineError,
+    EngineStats,
+    EngineUnavailable,
+    Prompt,
+    Sampling,
+    Segments,
+    TokenLogprob,
+)
 from service.engine.tokenizer import PromptTokenizer
 from service.settings import Settings
 
@@ -77,7 +87,7 @@ class RemoteEngine(Engine):
         if response.status_code >= 500:
             raise EngineUnavailable(f"remote engine {self.base_url}/models: HTTP {response.status_code}")
 
-    async def generate(self, prompt: str, sampling: Sampling, request_id: str,
+    async def generate(self, prompt: Prompt, sampling: Sampling, request_id: str,
                        segments: Segments | None = None) -> Completion:
         body = self._body(prompt, sampling, stream=False, segments=segments)
 
@@ -89,8 +99,8 @@ class RemoteEngine(Engine):
 
         return await self._abortable(request_id, call())
 
-    async def generate_stream(self, prompt: str, sampling: Sampling, request_id: str,
-                              segments: Segments | None = None) -> AsyncIterator[str]:
+    async def generate_stream(self, prompt: Prompt, sampling: Sampling, request_id: str,
+                              segments: Segments | None = None) -> AsyncIterator[Completion]:
         body = self._body(prompt, sampling, stream=True, segments=segments)
         pieces: asyncio.Queue = asyncio.Queue()
 
@@ -118,10 +128,10 @@ class RemoteEngine(Engine):
 
     # --- request building and parsing
 
-    def _body(self, prompt: str, sampling: Sampling, stream: bool, segments: Segments | None = None) -> dict:
+    def _body(self, prompt: Prompt, sampling: Sampling, stream: bool, segments: Segments | None = None) -> dict:
         body = {
             "model": self._remote_model,
-            "prompt": self._prompt_ids(prompt, segments) if self.tokenizer else prompt,
+            "prompt": self._prompt_ids(prompt, segments) if self.tokenizer and isinstance(prompt, str) else prompt,
             "max_tokens": sampling.max_new_tokens,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
@@ -130,12 +140,19 @@ class RemoteEngine(Engine):
             "repetition_penalty": sampling.repetition_penalty,
             "repeat_penalty": sampling.repetition_penalty,  # llama.cpp's name
             "stream": stream,
-            # Special tokens stay in the text, as in the reference's decode (vLLM extension fields).
-            "skip_special_tokens": False,
-            "spaces_between_special_tokens": False,
+            # TIPO's calls keep special tokens in the text, as the reference's decode (vLLM extension fields).
+            "skip_special_tokens": sampling.skip_special_tokens,
+            "spaces_between_special_tokens": sampling.spaces_between_special_tokens,
         }
+        if stream:
+            body["stream_options"] = {"include_usage": True}
         if sampling.seed is not None:
             body["seed"] = sampling.seed
+        # Raw completions' options, sent only when asked for (TIPO's calls never set them).
+        optional = {"stop": list(sampling.stop), "stop_token_ids": list(sampling.stop_token_ids),
+                    "presence_penalty": sampling.presence_penalty, "frequency_penalty": sampling.frequency_penalty,
+                    "min_tokens": sampling.min_tokens, "ignore_eos": sampling.ignore_eos, "logprobs": sampling.logprobs}
+        body.update({key: value for key, value in optional.items() if value})
         return body
 
     def _prompt_ids(self, prompt: str, segments: Segments | None) -> list[int]:
@@ -153,6 +170,7 @@ class RemoteEngine(Engine):
                 prompt_tokens=int(usage.get("prompt_tokens") or 0),
                 completion_tokens=int(usage.get("completion_tokens") or 0),
                 finish_reason=choice.get("finish_reason") or "stop",
+                logprobs=_logprobs(choice.get("logprobs")),
             )
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise EngineError(f"{self.base_url}/completions answered an unexpected body: "
@@ -209,10 +227,10 @@ class RemoteEngine(Engine):
                         data = line[len("data:"):].strip()
                         if data == "[DONE]":
                             return
-                        text = _stream_piece_text(data, self.base_url)
-                        if text:
+                        piece = _stream_piece(data, self.base_url)
+                        if piece is not None:
                             started = True
-                            emit(text)
+                            emit(piece)
                     return
             except (httpx.TransportError, _Retryable) as exc:
                 if started:
@@ -233,7 +251,8 @@ class RemoteEngine(Engine):
         await asyncio.sleep(min(BACKOFF_FIRST_S * 2**attempt, BACKOFF_MAX_S))
 
 
-def _stream_piece_text(data: str, base_url: str) -> str:
+def _stream_piece(data: str, base_url: str) -> Completion | None:
+    """One stream event as a piece: its text and finish reason, or the usage event's counts."""
     try:
         event = json.loads(data)
     except ValueError as exc:
@@ -241,7 +260,26 @@ def _stream_piece_text(data: str, base_url: str) -> str:
     if "error" in event:
         raise EngineError(f"{base_url} stream error: {event['error']}")
     choices = event.get("choices") or []
-    return choices[0].get("text") or "" if choices else ""
+    usage = event.get("usage") or {}
+    if not choices:
+        if not usage:
+            return None
+        return Completion(text="", prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                          completion_tokens=int(usage.get("completion_tokens") or 0), finish_reason=None)
+    choice = choices[0]
+    if not choice.get("text") and choice.get("finish_reason") is None:
+        return None
+    return Completion(text=choice.get("text") or "", completion_tokens=0, finish_reason=choice.get("finish_reason"),
+                      logprobs=_logprobs(choice.get("logprobs")))
+
+
+def _logprobs(data: dict | None) -> list[TokenLogprob] | None:
+    """OpenAI's completions `logprobs` object as TokenLogprobs."""
+    if not data:
+        return None
+    tops = data.get("top_logprobs") or [{}] * len(data.get("tokens") or [])
+    return [TokenLogprob(token=token, logprob=float(logprob if logprob is not None else float("-inf")), top=top or {})
+            for token, logprob, top in zip(data.get("tokens") or [], data.get("token_logprobs") or [], tops)]
 
 
 def _describe(exc: Exception) -> str:

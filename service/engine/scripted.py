@@ -11,7 +11,16 @@ import asyncio
 import json
 from pathlib import Path
 
-from service.engine.base import Completion, Engine, EngineStats, Sampling, Segments, UnknownPromptError
+from service.engine.base import (
+    Completion,
+    Engine,
+    EngineStats,
+    InvalidPromptError,
+    Prompt,
+    Sampling,
+    Segments,
+    UnknownPromptError,
+)
 
 
 class ScriptedEngine(Engine):
@@ -23,8 +32,10 @@ class ScriptedEngine(Engine):
         self._answers = _load_script(self.path)
         self.calls = 0  # how many completions were served (tests read it)
 
-    async def generate(self, prompt: str, sampling: Sampling, request_id: str,
+    async def generate(self, prompt: Prompt, sampling: Sampling, request_id: str,
                        segments: Segments | None = None) -> Completion:
+        if not isinstance(prompt, str):
+            raise InvalidPromptError("the scripted engine replays text prompts only, not token ids")
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         text = self._answers.get((prompt, sampling.seed))

@@ -7,15 +7,16 @@ Choices that keep outputs equal to the reference:
 * prompts go in as token ids from our own tokenizer (tokenizer.py), not as text for vLLM to encode;
 * the model repo's generation_config.json is ignored (`generation_config="vllm"`): sampling comes
   only from each call's `Sampling`;
-* generation stops at EOS (or the token budget), never at a stop string;
-* the completion text keeps special tokens (`skip_special_tokens=False`), like the reference's
-  `tokenizer.decode(...)`, and added tokens are not padded with spaces.
+* TIPO's calls stop at EOS (or the token budget), never at a stop string, and their text keeps
+  special tokens (`skip_special_tokens=False`), like the reference's `tokenizer.decode(...)`, with
+  added tokens not padded with spaces. Raw completions (/v1/completions) may ask otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -28,9 +29,12 @@ from service.engine.base import (
     Engine,
     EngineError,
     EngineStats,
+    InvalidPromptError,
+    Prompt,
     PromptTooLongError,
     Sampling,
     Segments,
+    TokenLogprob,
 )
 from service.engine.tokenizer import PromptTokenizer
 from service.settings import Settings
@@ -167,7 +171,7 @@ class VllmEngine(Engine):
 
     # --- generation
 
-    async def generate(self, prompt: str, sampling: Sampling, request_id: str,
+    async def generate(self, prompt: Prompt, sampling: Sampling, request_id: str,
                        segments: Segments | None = None) -> Completion:
         from vllm.sampling_params import RequestOutputKind
 
@@ -184,21 +188,32 @@ class VllmEngine(Engine):
             prompt_tokens=len(prompt_ids),
             completion_tokens=len(choice.token_ids),
             finish_reason=choice.finish_reason,
+            logprobs=_logprobs(choice) if sampling.logprobs is not None else None,
+            token_ids=tuple(choice.token_ids),
         )
 
-    async def generate_stream(self, prompt: str, sampling: Sampling, request_id: str,
-                              segments: Segments | None = None) -> AsyncIterator[str]:
+    async def generate_stream(self, prompt: Prompt, sampling: Sampling, request_id: str,
+                              segments: Segments | None = None) -> AsyncIterator[Completion]:
         from vllm.sampling_params import RequestOutputKind
 
         prompt_ids = self._prompt_ids(prompt, segments)
         deltas = self._run(prompt_ids, sampling, request_id, RequestOutputKind.DELTA)
+        first = True
         async with contextlib.aclosing(deltas) as outputs:  # a consumer that stops early aborts the request
             async for output in outputs:
                 choice = output.outputs[0]
                 if choice.finish_reason is not None:
                     self._check_finish(choice.finish_reason, request_id)
-                if choice.text:
-                    yield choice.text
+                if choice.text or choice.token_ids or choice.finish_reason is not None:
+                    yield Completion(
+                        text=choice.text,
+                        prompt_tokens=len(prompt_ids) if first else 0,
+                        completion_tokens=len(choice.token_ids),
+                        finish_reason=choice.finish_reason,
+                        logprobs=_logprobs(choice) if sampling.logprobs is not None else None,
+                        token_ids=tuple(choice.token_ids),
+                    )
+                    first = False
 
     async def abort(self, request_id: str) -> None:
         """Abort every vLLM request started under `request_id` (vLLM maps the id to all of them)."""
@@ -207,6 +222,13 @@ class VllmEngine(Engine):
 
     def count_tokens(self, prompt: str) -> int:
         return self.tokenizer.count_tokens(prompt)
+
+    def sampling_defaults(self) -> dict[str, float | int]:
+        return generation_config_defaults(self.model.path)
+
+    @property
+    def max_model_len(self) -> int | None:
+        return self.settings.max_model_len
 
     def stats(self) -> EngineStats:
         snapshot = self._snapshot
@@ -227,9 +249,16 @@ class VllmEngine(Engine):
 
     # --- helpers
 
-    def _prompt_ids(self, prompt: str, segments: Segments | None = None) -> list[int]:
-        # With segments, user text is encoded literally (a typed `<|long|>` is not the marker token).
-        ids = self.tokenizer.encode_segments(segments) if segments else self.tokenizer.encode_template(prompt)
+    def _prompt_ids(self, prompt: Prompt, segments: Segments | None = None) -> list[int]:
+        if isinstance(prompt, list):  # a client's token ids, as they are (no BOS added)
+            ids = prompt
+            vocab = self.tokenizer.vocab_size
+            bad = next((token for token in ids if not 0 <= token < vocab), None)
+            if bad is not None:
+                raise InvalidPromptError(f"token id {bad} is outside the vocabulary (0 .. {vocab - 1})")
+        else:
+            # With segments, user text is encoded literally (a typed `<|long|>` is not the marker token).
+            ids = self.tokenizer.encode_segments(segments) if segments else self.tokenizer.encode_template(prompt)
         if len(ids) >= self.settings.max_model_len:
             raise PromptTooLongError(
                 f"prompt is {len(ids)} tokens; the model's context is {self.settings.max_model_len} "
@@ -267,11 +296,17 @@ class VllmEngine(Engine):
             top_k=max(sampling.top_k, 0),  # 0 = no top-k, as in transformers
             min_p=sampling.min_p,
             repetition_penalty=sampling.repetition_penalty,
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
             max_tokens=sampling.max_new_tokens,
+            min_tokens=sampling.min_tokens,
             seed=sampling.seed,
-            stop=None,  # EOS only, as the reference
-            skip_special_tokens=False,
-            spaces_between_special_tokens=False,
+            stop=list(sampling.stop) or None,  # TIPO's calls: EOS only, as the reference
+            stop_token_ids=list(sampling.stop_token_ids) or None,
+            ignore_eos=sampling.ignore_eos,
+            logprobs=sampling.logprobs,
+            skip_special_tokens=sampling.skip_special_tokens,
+            spaces_between_special_tokens=sampling.spaces_between_special_tokens,
             output_kind=output_kind,
         )
 
@@ -281,3 +316,28 @@ class VllmEngine(Engine):
             raise EngineError(f"request {request_id} was aborted")
         if finish_reason == "error":
             raise EngineError(f"vLLM failed request {request_id}")
+
+
+def _logprobs(choice) -> list[TokenLogprob]:
+    """vLLM's per-token logprobs ({token id: Logprob} for each generated token) in our shape."""
+    entries = []
+    for token_id, position in zip(choice.token_ids, choice.logprobs or ()):
+        chosen = position[token_id]
+        top = {lp.decoded_token or "": lp.logprob for _, lp in sorted(position.items(), key=lambda kv: kv[1].rank)}
+        entries.append(TokenLogprob(token=chosen.decoded_token or "", logprob=chosen.logprob, top=top))
+    return entries
+
+
+SAMPLING_KEYS = {"temperature": float, "top_p": float, "top_k": int, "min_p": float,
+                 "repetition_penalty": float, "max_new_tokens": int}
+
+
+def generation_config_defaults(model_dir) -> dict[str, float | int]:
+    """The sampling keys of a model directory's generation_config.json (what vLLM's own server uses
+    as defaults with --generation-config auto); {} when there is none."""
+    try:
+        config = json.loads((model_dir / "generation_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {key: kind(config[key]) for key, kind in SAMPLING_KEYS.items()
+            if isinstance(config.get(key), (int, float)) and not isinstance(config.get(key), bool)}

@@ -43,14 +43,14 @@ def test_requests_while_loading_are_503_and_the_connection_stays_usable(gated, p
 
 # --- row 3: a request's cost is the engine sequences it brings
 
-def test_completions_beyond_max_batch_are_422_naming_the_limit(scripted_server):
+def test_completions_beyond_max_batch_are_400_naming_the_limit(scripted_server):
     base_url = scripted_server(SCRIPT, max_batch=64)
     many = httpx.post(f"{base_url}/v1/completions", json={"prompt": ["hello"] * 300, "n": 16}, timeout=10)
-    assert many.status_code == 422
+    assert many.status_code == 400  # OpenAI's status for bad input on the OpenAI-style endpoints
     assert many.json()["error"]["param"] == "prompt"
     assert "4800" in many.json()["error"]["message"] and "max_batch" in many.json()["error"]["message"]
     too_many_n = httpx.post(f"{base_url}/v1/completions", json={"prompt": ["hello"] * 5, "n": 16}, timeout=10)
-    assert too_many_n.status_code == 422
+    assert too_many_n.status_code == 400
     fits = httpx.post(f"{base_url}/v1/completions", json={"prompt": ["hello"] * 4, "n": 16}, timeout=10)
     assert fits.status_code == 200 and len(fits.json()["choices"]) == 64
 

@@ -78,10 +78,15 @@ def make_handler(script: Script):
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
-                for piece in STREAM_PIECES:
-                    event = {"choices": [{"index": 0, "text": piece, "finish_reason": None}]}
+                # Like vLLM's server: the last piece carries the finish reason, then the usage event.
+                for number, piece in enumerate(STREAM_PIECES, 1):
+                    reason = "length" if number == len(STREAM_PIECES) else None
+                    event = {"choices": [{"index": 0, "text": piece, "finish_reason": reason}]}
                     self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
                     self.wfile.flush()
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    usage = {"prompt_tokens": 11, "completion_tokens": len(STREAM_PIECES), "total_tokens": 14}
+                    self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
                 self.wfile.write(b"data: [DONE]\n\n")
                 return
             self._json(200, {
@@ -198,8 +203,13 @@ async def test_stream_yields_the_server_pieces(server):
     engine = remote(server.url, remote_model="m")
     pieces = [piece async for piece in engine.generate_stream("p", SAMPLING, "stream")]
     await engine.shutdown()
-    assert pieces == STREAM_PIECES
+    assert [piece.text for piece in pieces if piece.text] == STREAM_PIECES
+    assert [piece.finish_reason for piece in pieces if piece.finish_reason] == ["length"]
+    # The upstream's own counts (its usage event), summed over the pieces as the service does.
+    assert sum(piece.completion_tokens for piece in pieces) == len(STREAM_PIECES)
+    assert max(piece.prompt_tokens for piece in pieces) == 11
     assert server.received[-1]["body"]["stream"] is True
+    assert server.received[-1]["body"]["stream_options"] == {"include_usage": True}
 
 
 async def test_stream_retries_before_the_first_piece(server):
@@ -207,7 +217,7 @@ async def test_stream_retries_before_the_first_piece(server):
     engine = remote(server.url, remote_model="m", remote_retries=1)
     pieces = [piece async for piece in engine.generate_stream("p", SAMPLING, "stream-retry")]
     await engine.shutdown()
-    assert pieces == STREAM_PIECES
+    assert [piece.text for piece in pieces if piece.text] == STREAM_PIECES
     assert len(server.received) == 2
 
 

@@ -47,7 +47,7 @@ async def test_unknown_prompt_names_the_first_200_characters(tmp_path):
 
 async def test_stream_gives_the_recorded_text(tmp_path):
     engine = script(tmp_path, [{"prompt": PROMPT, "completion": ", smile"}])
-    assert [piece async for piece in engine.generate_stream(PROMPT, Sampling(), "s")] == [", smile"]
+    assert [piece.text async for piece in engine.generate_stream(PROMPT, Sampling(), "s")] == [", smile"]
 
 
 @pytest.mark.parametrize("content, message", [

@@ -171,13 +171,18 @@ def test_abort_by_request_id_ends_the_call_with_an_engine_error(engine_thread):
 def test_stream_yields_the_same_text_as_generate(engine_thread):
     engine = engine_thread.engine
 
-    async def stream() -> list[str]:
+    async def stream() -> list:
         return [piece async for piece in engine.generate_stream(PROMPT, sampling(seed=7, max_new_tokens=20), "s")]
 
     pieces = engine_thread.run(stream())
-    whole = engine_thread.run(engine.generate(PROMPT, sampling(seed=7, max_new_tokens=20), "s-whole")).text
+    whole = engine_thread.run(engine.generate(PROMPT, sampling(seed=7, max_new_tokens=20), "s-whole"))
     assert len(pieces) > 1
-    assert "".join(pieces) == whole
+    assert "".join(piece.text for piece in pieces) == whole.text
+    # The engine's own counts and reason: on the pieces as on the whole completion.
+    assert sum(piece.completion_tokens for piece in pieces) == whole.completion_tokens
+    assert pieces[0].prompt_tokens == whole.prompt_tokens and sum(p.prompt_tokens for p in pieces) == whole.prompt_tokens
+    assert [piece.finish_reason for piece in pieces][-1] == whole.finish_reason
+    assert all(piece.finish_reason is None for piece in pieces[:-1])
 
 
 def test_a_prompt_longer_than_the_context_is_refused(engine_thread):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -51,7 +52,20 @@ def test_bad_arguments_exit_with_usage(argv, capsys):
     assert "usage:" in capsys.readouterr().err
 
 
-def test_make_tiny_into_a_directory(tmp_path, capsys):
-    assert main(["make-tiny", "--dest", str(tmp_path / "demo")]) == 0
+def test_make_tiny_random_into_a_directory(tmp_path, capsys):
+    assert main(["make-tiny", "--random", "--dest", str(tmp_path / "demo")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "demo")
     assert is_demo_model(tmp_path / "demo")
+
+
+def test_make_tiny_keeps_a_current_demo_model(demo_model, tmp_path, capsys):
+    shutil.copytree(demo_model.path, tmp_path / "demo")
+    built = (tmp_path / "demo" / "model.safetensors").stat().st_mtime_ns
+    assert main(["make-tiny", "--dest", str(tmp_path / "demo")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "demo")
+    assert (tmp_path / "demo" / "model.safetensors").stat().st_mtime_ns == built
+
+
+def test_make_tiny_demo_has_one_shape(capsys):
+    assert main(["make-tiny", "--shape", "200m"]) == 2
+    assert "--random" in capsys.readouterr().err

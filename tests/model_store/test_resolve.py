@@ -39,10 +39,19 @@ def test_auto_prefers_manifest_order(tiny_model, tmp_path):
     assert resolved.name == "TIPO-200M-ft2" and not resolved.is_demo
 
 
-def test_auto_without_models_builds_the_demo_once(tmp_path):
-    resolved = resolve_model("auto", models_dir=tmp_path)
+def test_auto_without_models_serves_the_current_demo_and_does_not_rebuild_it(demo_model, tmp_path):
+    shutil.copytree(demo_model.path, tmp_path / DEMO_MODEL_NAME)
+    built = (tmp_path / DEMO_MODEL_NAME / "model.safetensors").stat().st_mtime_ns
+    resolved = resolve_model("AUTO", models_dir=tmp_path)
     assert resolved.is_demo and resolved.name == DEMO_MODEL_NAME
-    assert (resolved.path / DEMO_MARKER).is_file() and (resolved.path / "model.safetensors").is_file()
-    built = (resolved.path / "model.safetensors").stat().st_mtime_ns
-    assert resolve_model("AUTO", models_dir=tmp_path).path == resolved.path
+    assert resolved.path == (tmp_path / DEMO_MODEL_NAME).resolve()
     assert (resolved.path / "model.safetensors").stat().st_mtime_ns == built
+
+
+def test_a_random_model_is_not_a_current_demo(tiny_model, tmp_path):
+    # `auto` rebuilds a random model (or a demo of another builder version) found where the demo
+    # belongs; the build itself is what the `demo_model` fixture does.
+    from model_store.demo import is_current_demo_model
+
+    shutil.copytree(tiny_model.path, tmp_path / DEMO_MODEL_NAME)
+    assert not is_current_demo_model(tmp_path / DEMO_MODEL_NAME)

@@ -26,7 +26,10 @@ def test_config_is_tipo_shaped(tiny_model):
     assert config["hidden_size"] == 64 and config["num_hidden_layers"] == 2
     assert config["hidden_size"] // config["num_attention_heads"] >= 32  # vLLM CPU attention needs it
     generation = json.loads((tiny_model.path / "generation_config.json").read_text())
-    assert not {"temperature", "top_p", "top_k", "repetition_penalty"} & set(generation)
+    # TIPO's recommended sampling: the default of raw completions here and in vLLM's own server (the
+    # reference passes its own GenerationConfig, so the file does not change what it generates).
+    assert {key: generation[key] for key in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")} == {
+        "temperature": 0.5, "top_p": 0.95, "top_k": 80, "min_p": 0.05, "repetition_penalty": 1.17}
 
 
 def test_transformers_loads_the_tokenizer_with_tipo_tokens(tiny_model):

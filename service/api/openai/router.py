@@ -6,7 +6,7 @@ import inspect
 
 from fastapi import APIRouter, Depends, Request
 
-from service.api.errors import GENERATION_ERRORS, error_responses
+from service.api.errors import OPENAI_ERRORS, error_responses
 from service.api.openai.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -31,15 +31,17 @@ async def models(state: ServiceState = Depends(get_state)) -> ModelList:
 
 
 @router.post("/completions", response_model=CompletionResponse, summary="Complete TIPO template text "
-             "(stream: true for SSE)", responses={**GENERATION_ERRORS, **STREAMED})
+             "(stream: true for SSE)", responses={**OPENAI_ERRORS, **STREAMED})
 async def completions(body: CompletionRequest, request: Request, state: ServiceState = Depends(get_state)):
     return await OpenAIServing(state).completions(body, request)
 
 
 @router.post("/chat/completions", response_model=ChatCompletionResponse, summary="The last user message is a "
-             "partial prompt; the reply is the optimized prompt", responses={**GENERATION_ERRORS, **STREAMED},
+             "partial prompt; the reply is the optimized prompt", responses={**OPENAI_ERRORS, **STREAMED},
              description="TIPO options (tag_length, nl_length, ban_tags, format, width, height, profile) may be sent "
-             "as extra fields; max_tokens is the budget of each model call.\n\n"
+             "as extra fields. The reply is one TIPO optimization (several model calls): max_tokens is the budget "
+             "of each model call, usage sums every call, and stop, penalties, logprobs, response_format and tools "
+             "are refused with 400 (use /v1/completions for raw model text).\n\n"
              + inspect.cleandoc(split_partial_prompt.__doc__ or ""))
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: ServiceState = Depends(get_state)):
     return await OpenAIServing(state).chat(body, request)

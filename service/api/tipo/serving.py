@@ -9,7 +9,6 @@ the engine together and vLLM batches them (continuous batching).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import time
 from dataclasses import dataclass, field
@@ -144,7 +143,7 @@ class TipoServing:
             drive.completion_tokens += completion.completion_tokens
             drive.calls.append(ModelCallTrace(
                 prompt=call.prompt,
-                sampling=dataclasses.asdict(call.sampling),
+                sampling=call.sampling.tipo_fields(),
                 completion=completion.text,
                 prompt_tokens=completion.prompt_tokens,
                 completion_tokens=completion.completion_tokens,
