@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     args.requests = args.requests or (24 if args.quick else 300)
-    big = args.shape != "tiny" and args.device == "cpu"
+    big = args.shape in ("200m", "500m") and args.device == "cpu"
     args.engine_requests = args.engine_requests or (3 if args.quick else (8 if big else 16))
     return args
 

@@ -30,20 +30,23 @@ if str(REPO_ROOT) not in sys.path:
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 MODELS_DIR = REPO_ROOT / "bench" / ".models"
-SHAPES = ("tiny", "200m", "500m")
+# "demo": the trained demo model (model_store/demo.py), which stops at EOS like TIPO: its requests have
+# TIPO's workload shape (~2-3 calls of up to a few hundred tokens), unlike random weights.
+SHAPES = ("tiny", "200m", "500m", "demo")
 
 # Random weights never emit EOS, so every model call runs to its token budget and every pass retries
 # 11 times, each retry's prompt holding the text so far. These budgets keep a run to minutes on 2 CPU
 # cores (27 tok/s single stream for 200m) and the retry prompts inside the 1024-token context.
-DEFAULT_MAX_NEW_TOKENS = {("cpu", "tiny"): 32, ("cpu", "200m"): 16, ("cpu", "500m"): 16,
-                          ("cuda", "tiny"): 128, ("cuda", "200m"): 128, ("cuda", "500m"): 128}
+DEFAULT_MAX_NEW_TOKENS = {("cpu", "tiny"): 32, ("cpu", "200m"): 16, ("cpu", "500m"): 16, ("cpu", "demo"): 512,
+                          ("cuda", "tiny"): 128, ("cuda", "200m"): 128, ("cuda", "500m"): 128, ("cuda", "demo"): 512}
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="where vLLM (and the reference) run; the installed vLLM build must match")
     parser.add_argument("--shape", choices=SHAPES, default="tiny",
-                        help="random model of this TIPO shape (model_store make-tiny), built once into bench/.models/")
+                        help="random model of this TIPO shape (model_store make-tiny --random), or 'demo' (the trained "
+                        "demo model, which stops like TIPO), built once into bench/.models/")
     parser.add_argument("--model", type=Path, help="a real model directory instead of the random --shape model")
     parser.add_argument("--max-new-tokens", type=int,
                         help="token budget of each model call (default: by device and shape, see common.py)")
@@ -79,6 +82,10 @@ def prepare_model(args: argparse.Namespace):
     if args.model:
         return resolve_model(str(args.model))
     path = MODELS_DIR / args.shape
+    if args.shape == "demo":
+        from model_store.demo import build_demo_model
+
+        return ResolvedModel(path=Path(build_demo_model(path)).resolve(), name="demo", is_demo=True)
     if not (path / "config.json").is_file():
         from model_store.tiny import build_tiny_model
 

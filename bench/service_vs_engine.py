@@ -51,7 +51,7 @@ def default_requests(args: argparse.Namespace, concurrency: int) -> int:
     if args.quick:
         return max(2, concurrency)
     # Enough to keep c requests in flight for a while, few enough for minutes on 2 cores.
-    return max(concurrency * 2, 8) if args.shape == "tiny" or args.device == "cuda" else max(concurrency, 4)
+    return max(concurrency * 2, 8) if args.shape in ("tiny", "demo") or args.device == "cuda" else max(concurrency, 4)
 
 
 async def replay(engine, requests: list[list[dict]], concurrency: int) -> tuple[float, list[float], list[list[str]]]:

@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    big = args.shape != "tiny" and args.device == "cpu"
+    big = args.shape in ("200m", "500m") and args.device == "cpu"
     args.requests = args.requests or (3 if args.quick else (32 if big else 64))
     args.reference_requests = min(args.requests, args.reference_requests or (2 if args.quick else (3 if big else 12)))
     args.reference_dtype = args.reference_dtype or (["float16"] if args.quick else ["float16", "bfloat16"])

@@ -1,4 +1,4 @@
-"""The demo model: a tiny LLaMA of TIPO's layout, trained in about a minute on synthetic TIPO documents.
+"""The demo model: a tiny LLaMA of TIPO's layout, trained in about two minutes on synthetic TIPO documents.
 
 `python -m model_store make-tiny` (and `TIPO_MODEL=auto` without a real model) builds it offline. It is
 NOT TIPO: it never saw a real image caption. It learnt TIPO's *format* from documents made here, so the
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 DEMO_SHAPE = "demo"
 # Bump when the documents or the training change: `auto` rebuilds a demo model built by another version.
-DEMO_VERSION = 3
+DEMO_VERSION = 4
 GENERAL_TAGS_PATH = Path(__file__).resolve().parent / "general_tags.txt"
 
 TRAIN_STEPS = 400  # about 90 s on 2 cores (the whole build must stay under 2 minutes)
@@ -484,7 +484,7 @@ def write_demo_model(dest: Path, seed: int = 0, steps: int = TRAIN_STEPS, docume
     return {"train_steps": steps, "documents": documents, "build_seconds": round(time.monotonic() - started, 1)}
 
 
-DEMO_WARNING = ("demo model trained for a minute on synthetic TIPO-format documents (template sentences, "
+DEMO_WARNING = ("demo model trained for two minutes on synthetic TIPO-format documents (template sentences, "
                 "random common tags): NOT TIPO, its prompts are not meaningful")
 
 
@@ -508,7 +508,7 @@ def build_demo_model(dest: Path, seed: int = 0, overwrite: bool = False, steps: 
         "warning": DEMO_WARNING,
         "built_by": "python -m model_store make-tiny",
     }
-    log.warning("building the demo model into %s: about a minute of training on 2 CPU cores", dest)
+    log.warning("building the demo model into %s: about 2 minutes of training on 2 idle CPU cores (once)", dest)
     return build_model_dir(dest, lambda work: write_demo_model(work, seed, steps, documents), marker, overwrite)
 
 

