@@ -1,4 +1,4 @@
-"""Request and response models of POST /v1/tipo and POST /v1/tipo/batch.
+"""Request and response models of POST /v1/tipo, POST /v1/tipo/batch and POST /v1/tipo/format.
 
 Field names follow the ComfyUI TIPO node (tags, nl_prompt, width, height, tag_length, nl_length,
 ban_tags, format, seed, temperature, top_p, top_k, min_p), so a node's settings map one to one.
@@ -196,3 +196,57 @@ class TipoBatchItem(BaseModel):
 
 class TipoBatchResponse(BaseModel):
     data: list[TipoBatchItem]
+
+
+class TipoAddonOutput(BaseModel):
+    """The `addon_output` map of a single operation (ComfyUI 'TIPO Single Operation' node)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tags: list[str] = Field(default_factory=list, description="Tags the model added (weights applied).")
+    nl: str = Field("", description="The caption (extended, else generated; weights applied).")
+    user_tags: str = Field("", description="The user's tag text, as sent.")
+    user_nl: str = Field("", description="The user's caption, as sent.")
+
+    @field_validator("user_tags", "user_nl", mode="before")
+    @classmethod
+    def _clean_text(cls, value):
+        return clean_user_text(value) if isinstance(value, str) else value
+
+
+class TipoFormatBody(BaseModel):
+    """POST /v1/tipo/format: the ComfyUI 'TIPO Format' node. No model call."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [
+            {"full_output": {"special": ["1girl"], "general": ["solo", "smile"], "extended": "A girl smiles."},
+             "addon_output": {"tags": ["smile"], "nl": "A girl smiles.", "user_tags": "1girl, solo",
+                              "user_nl": ""},
+             "format": "Both, tag first (recommend)"},
+        ]},
+    )
+
+    full_output: dict[str, str | list[str]] = Field(
+        description="The `operation_output.full_output` map of a single-operation /v1/tipo answer: tag lists by "
+        "category and the captions (`extended`, `generated`), weights applied.")
+    addon_output: TipoAddonOutput = Field(
+        description="The `operation_output.addon_output` map of the same answer.")
+    format: str = Field(DEFAULT_FORMAT_NAME, description="A preset name or a template, as in /v1/tipo.",
+                        examples=["Both, tag first (recommend)"])
+    profile: ProfileName | None = Field(None, description="As in /v1/tipo ('kgen' formats like the ComfyUI "
+                                        "'TIPO Format' node, bugs included).")
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _clean_text(cls, value):
+        return clean_user_text(value) if isinstance(value, str) else value
+
+
+class TipoFormatResponse(BaseModel):
+    prompt: str = Field(description="full_output formatted.")
+    user_prompt: str = Field(description="The user's own input (addon_output user_tags / user_nl), formatted the "
+                             "same way, with default lengths.")
+    unformatted_prompt: str = Field(description="User tags, the new tags, a newline, the caption.")
+    unformatted_user_prompt: str = Field(description="User tags and caption text, concatenated.")
+    profile: ProfileName

@@ -1,4 +1,5 @@
-"""The logic of POST /v1/tipo and /v1/tipo/batch: build runners, drive them against the engine.
+"""The logic of POST /v1/tipo and /v1/tipo/batch: build runners, drive them against the engine; and of
+POST /v1/tipo/format (the ComfyUI 'TIPO Format' node: no model call).
 
 A TIPO request is several model calls. `TipoServing.drive` loops `runner.next_call()` ->
 `await engine.generate(...)` -> `runner.feed(text)`. Each HTTP request runs in its own asyncio task,
@@ -24,6 +25,8 @@ from service.api.tipo.protocol import (
     TipoBatchBody,
     TipoBatchItem,
     TipoBatchResponse,
+    TipoFormatBody,
+    TipoFormatResponse,
     TipoRequestBody,
     TipoResponse,
     TipoTimings,
@@ -31,7 +34,15 @@ from service.api.tipo.protocol import (
 )
 from service.engine.base import EngineError, PromptTooLongError
 from service.settings import Settings
+from service.tipo.constants import DEFAULT_LENGTH
+from service.tipo.format import apply_format, resolve_format, unformatted
+from service.tipo.parse import parse_output
+from service.tipo.plan import plan_request
+from service.tipo.profile import get_profile
 from service.tipo.runner import TipoRequest, TipoResult, TipoRunner
+from service.tipo.syntax import apply_weights, read_caption, read_tags
+from service.tipo.tags import TagIndex, classify
+from service.tipo.template import build_prompt
 
 
 @dataclass
@@ -98,6 +109,31 @@ class TipoServing:
             return TipoBatchResponse(data=list(items))
 
         return await run_admitted(self.state, request, cost=len(jobs), timeout_s=body.timeout_s, work=work)
+
+    async def format(self, body: TipoFormatBody) -> TipoFormatResponse:
+        """The four strings of the ComfyUI 'TIPO Format' node from a single operation's two maps.
+
+        Pure CPU work bounded by the input limits (no engine, no admission); it needs the tag index only,
+        so it answers while the engine is busy or failed, but not before the tag lists are loaded."""
+        if self.state.tag_index is None:
+            raise ApiError(503, "the service is starting: the tag lists are not loaded yet",
+                           type="service_unavailable", headers={"Retry-After": "5"})
+        addon = body.addon_output
+        # The user's text and the format go through the limits of a /v1/tipo request.
+        as_request = TipoRequestBody(tags=addon.user_tags, nl_prompt=addon.user_nl, format=body.format,
+                                     profile=body.profile)
+        try:
+            check_input_limits(as_request, self.state.settings)
+        except ApiError as exc:
+            if exc.param in ("tags", "nl_prompt"):
+                exc.param = "addon_output.user_tags" if exc.param == "tags" else "addon_output.user_nl"
+            raise
+        profile = request_profile(as_request, self.state.settings)
+        try:
+            outputs = format_outputs(body, profile, self.state.tag_index)
+        except ValueError as exc:
+            raise api_error_from(exc, self.state) from None
+        return TipoFormatResponse(**outputs, profile=profile)
 
     # --- shared with the chat endpoint
 
@@ -220,3 +256,31 @@ def to_response(result: TipoResult, body: TipoRequestBody, drive: Drive, *, mode
                           if result.full_map is not None else None),
         trace=drive.calls if body.return_trace else None,
     )
+
+
+def format_outputs(body: TipoFormatBody, profile_name: str, index: TagIndex) -> dict[str, str]:
+    """The 'TIPO Format' node's four strings: what `TipoRunner` answers for a single operation
+    (`_operation_outputs`), computed from the operation's maps instead of a run.
+
+    `prompt` formats full_output; `user_prompt` writes the user's own input (user_tags / user_nl) as the
+    node does, with default lengths and no aspect ratio, parsed back and formatted the same way."""
+    profile = get_profile(profile_name)
+    addon = body.addon_output
+    template = resolve_format(body.format, profile)
+    tag_text = read_tags(addon.user_tags, profile)
+    caption_text = read_caption(addon.user_nl, profile)
+    nl = caption_text.text
+    if not profile.blank_nl_counts_as_given and not nl.strip():
+        nl = ""
+    extras = "\n" + ", ".join(tag_text.extras) if tag_text.extras else ""  # fixed: extra networks re-appended
+
+    plan = plan_request(classify(tag_text.tags, index), nl)
+    document = build_prompt(plan.meta, plan.general, nl, "short_to_tag_to_long", DEFAULT_LENGTH, True,
+                            gen_meta=True, raw_user_text=profile.raw_user_text)
+    user_map = apply_weights(parse_output(document, index, profile), tag_text, caption_text, profile)
+    return {
+        "prompt": apply_format(body.full_output, template, profile) + extras,
+        "user_prompt": apply_format(user_map, template, profile) + extras,
+        "unformatted_prompt": unformatted(addon.user_tags, addon.tags, addon.nl, profile),
+        "unformatted_user_prompt": addon.user_tags + caption_text.text,
+    }

@@ -1,0 +1,1 @@
+"""Fake `modules` package of stable-diffusion-webui (tests only)."""
