@@ -18,7 +18,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 # Cheapest first: a broken set-up fails in seconds.
-SCRIPTS = ("overhead", "calls_per_request", "startup", "service_vs_engine", "service_vs_reference")
+SCRIPTS = ("overhead", "calls_per_request", "startup", "service_vs_engine", "service_vs_reference", "vllm_bench_serve")
 
 
 def result_file(name: str, shape: str, device: str, quick: bool) -> Path:
@@ -46,6 +46,15 @@ def table(shape: str, device: str, quick: bool = False) -> str:
             rows.append(f"| service c={service['concurrency']} / reference ({reference['dtype']}, one at a time) | "
                         f"**{results['headline']['ratio'][reference['dtype']]}x** ({service['prompts_per_s']} vs "
                         f"{reference['prompts_per_s']} prompts/s) | >= 5x on CPU |")
+    if results := load("vllm_bench_serve"):
+        top, servers, workload = results["headline"], results["servers"], results["workload"]
+        if "request_throughput_ratio" in top:
+            service, vllm = servers["service"], servers["vllm"]
+            rows.append(f"| `vllm bench serve`, service / vLLM's server, c={workload['max_concurrency']} "
+                        f"({workload['num_prompts']} x {workload['input_len']}+{workload['output_len']} tokens) | "
+                        f"throughput **{top['request_throughput_ratio']}** ({service['output_throughput']:.0f} vs "
+                        f"{vllm['output_throughput']:.0f} tok/s), median TTFT x{top['median_ttft_ratio']}, "
+                        f"TPOT x{top['median_tpot_ratio']} | - |")
     if results := load("overhead"):
         for path, figures in results["headline"].items():
             rows.append(f"| {path}, scripted engine | {figures['requests_per_s']} req/s, "
@@ -71,7 +80,7 @@ def table(shape: str, device: str, quick: bool = False) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--shape", choices=["tiny", "200m", "500m"], default="tiny")
+    parser.add_argument("--shape", choices=["tiny", "200m", "500m", "demo"], default="tiny")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="+", choices=SCRIPTS, help="run these only")
     args = parser.parse_args()

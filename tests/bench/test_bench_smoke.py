@@ -19,9 +19,9 @@ from bench.common import REPO_ROOT, load_average, write_results
 RECORD_KEYS = {"benchmark", "command", "time", "device", "shape", "machine", "load_average", "headline"}
 
 
-def run_script(name: str, out: Path, *flags: str) -> dict:
+def run_script(name: str, out: Path, *flags: str, timeout: float = 300) -> dict:
     done = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / f"{name}.py"), "--quick", "--out", str(out),
-                           *flags], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
+                           *flags], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert str(out) in done.stdout.strip().splitlines()[-1]  # the one-line summary names the results file
     return json.loads(out.read_text())
@@ -63,6 +63,24 @@ def test_startup_cli(tmp_path):
     assert scripted["service_rss_mib"] > 0
     assert record["tag_index"]["rss_added_mib"] > 0
     assert 0 < record["headline"]["scripted"]["tag_index_share_of_service_rss"] < 1
+
+
+def test_vllm_bench_serve_cli(tmp_path):
+    # Two real servers, one after the other (the service, then vLLM's own), each 20-60 s to start on 2 cores.
+    record = run_script("vllm_bench_serve", tmp_path / "vllm_bench_serve.json", timeout=600)
+    check_record(record, "vllm_bench_serve")
+    assert record["workload"]["num_prompts"] == 8 and record["workload"]["max_concurrency"] == 2
+    for name in ("service", "vllm"):
+        server = record["servers"][name]
+        assert server["completed"] == 8 and server["failed"] == 0, server
+        assert server["output_tokens_per_request"] == {"min": 16, "max": 16}  # ignore_eos honoured
+        assert server["request_throughput"] > 0 and server["output_throughput"] > 0
+        for metric in ("ttft", "tpot", "itl"):
+            assert {"mean", "median", "p99"} <= set(server[f"{metric}_ms"])
+        assert "bench/vllm_cli.py bench serve" in server["client_command"]
+    headline = record["headline"]
+    assert headline["complete"] and headline["failed"] == {"service": 0, "vllm": 0}
+    assert headline["request_throughput_ratio"] > 0 and headline["median_ttft_ratio"] > 0
 
 
 def test_service_vs_engine(engine_thread, tag_index, tmp_path):

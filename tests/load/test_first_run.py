@@ -25,10 +25,12 @@ def readme_curl_example() -> tuple[str, dict]:
     return found[1], json.loads(found[2])
 
 
-def test_the_readme_example_answers_on_the_defaults(service_process):
+def test_the_readme_example_answers_on_the_defaults(demo_model, service_process):
+    # `demo_model` builds the demo where the defaults look for it (model_store/models/tiny-demo), as the
+    # first run would, but with no time limit: on a loaded machine the build takes minutes.
     path, body = readme_curl_example()
     service = service_process()  # only host and port are set: every other setting is its default
-    service.wait_ready(timeout_s=600)  # the first run builds the demo model
+    service.wait_ready(timeout_s=600)
     started = time.monotonic()
     answer = httpx.post(f"{service.base_url}{path}", json=body, timeout=120)
     elapsed = time.monotonic() - started
