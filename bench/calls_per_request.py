@@ -187,7 +187,7 @@ def summary(results: dict, path: Path) -> str:
             f"{synthetic['kgen_calls_per_request']} (fixed not more: {synthetic['fixed_not_more_calls']})")
     if "vllm" in results:
         engine = results["vllm"]["comparison"]
-        text += (f" | random model fixed {engine['fixed_calls_per_request']} vs kgen "
+        text += (f" | {results['vllm'].get('model', 'vLLM')} fixed {engine['fixed_calls_per_request']} vs kgen "
                  f"{engine['kgen_calls_per_request']} (fixed not more: {engine['fixed_not_more_calls']})")
     return f"{text} -> {path}"
 

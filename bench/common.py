@@ -52,6 +52,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="token budget of each model call (default: by device and shape, see common.py)")
     parser.add_argument("--compile", action="store_true",
                         help="CPU: let vLLM compile the model (enforce_eager off; +30-60 s start, faster steps)")
+    parser.add_argument("--no-adaptive-limit", action="store_true",
+                        help="service: always max_in_flight engine sequences (TIPO_ADAPTIVE_LIMIT=false)")
     parser.add_argument("--quick", action="store_true", help="a few seconds: tiny workload (smoke test)")
     parser.add_argument("--out", type=Path, help="results file (default: bench/results/<name>_<shape>_<device>.json)")
 
@@ -105,6 +107,7 @@ def engine_settings(args: argparse.Namespace, **overrides):
         "enforce_eager": args.device == "cpu" and not args.compile,
         "max_in_flight": 256, "max_queue": 4096, "queue_timeout_s": 3600, "request_timeout_s": 3600,
         "engine_stall_s": 3600, "max_batch": 4096,
+        "adaptive_limit": not getattr(args, "no_adaptive_limit", False),
     }
     values.update(overrides)
     return Settings(**values)
