@@ -128,6 +128,7 @@ class TipoServing:
             if exc.param in ("tags", "nl_prompt"):
                 exc.param = "addon_output.user_tags" if exc.param == "tags" else "addon_output.user_nl"
             raise
+        check_operation_maps(body, self.state.settings)
         profile = request_profile(as_request, self.state.settings)
         try:
             outputs = format_outputs(body, profile, self.state.tag_index)
@@ -256,6 +257,20 @@ def to_response(result: TipoResult, body: TipoRequestBody, drive: Drive, *, mode
                           if result.full_map is not None else None),
         trace=drive.calls if body.return_trace else None,
     )
+
+
+def check_operation_maps(body: TipoFormatBody, settings: Settings) -> None:
+    """The maps an operation answers hold the user's input plus what the model added (up to ~72 tags and a
+    caption): twice the input limits bounds them, and so the answer every format placeholder repeats."""
+    maps = (("full_output", body.full_output), ("addon_output", {"tags": body.addon_output.tags,
+                                                                  "nl": body.addon_output.nl}))
+    for name, values in maps:
+        entries = sum(len(v) if isinstance(v, list) else 1 for v in values.values())
+        chars = sum(sum(map(len, v)) if isinstance(v, list) else len(v) for v in values.values())
+        if entries > 2 * settings.max_tags or chars > 2 * (settings.max_tag_chars + settings.max_caption_chars):
+            raise ApiError(422, f"{name} too large: {entries} entries, {chars} characters; the server allows at most "
+                           f"{2 * settings.max_tags} entries and {2 * (settings.max_tag_chars + settings.max_caption_chars)}"
+                           " characters (twice max_tags, and twice max_tag_chars + max_caption_chars)", param=name)
 
 
 def format_outputs(body: TipoFormatBody, profile_name: str, index: TagIndex) -> dict[str, str]:

@@ -73,6 +73,13 @@ def test_format_errors_name_the_field(scripted_server):
         assert too_long.status_code == 422
         assert too_long.json()["error"]["param"] == "addon_output.user_tags"
 
+        # Every placeholder of the format repeats the maps: they are bounded like the input they come from.
+        huge = client.post("/v1/tipo/format", json={**maps, "full_output": {"general": ["tag"] * 1100}})
+        assert huge.status_code == 422 and huge.json()["error"]["param"] == "full_output"
+        assert "max_tags" in huge.json()["error"]["message"]
+        huge_nl = {**maps, "addon_output": {**maps["addon_output"], "nl": "x" * 20_000}}
+        assert client.post("/v1/tipo/format", json=huge_nl).json()["error"]["param"] == "addon_output"
+
         unknown = client.post("/v1/tipo/format", json={**maps, "extra": 1})
         assert unknown.status_code == 422 and unknown.json()["error"]["param"] == "extra"
         missing = client.post("/v1/tipo/format", json={"addon_output": maps["addon_output"]})
