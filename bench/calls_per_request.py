@@ -66,7 +66,6 @@ def summarize(bodies: list[dict], usages: list[dict | None]) -> dict:
 
 def run_synthetic(bodies: list[dict], tag_index, tokenizer, profile: str) -> dict:
     from service.api.tipo.protocol import TipoRequestBody
-    from service.api.tipo.serving import to_core_request
     from service.tipo.profile import ReferenceFailure
     from service.tipo.runner import TipoRunner
 
@@ -75,7 +74,7 @@ def run_synthetic(bodies: list[dict], tag_index, tokenizer, profile: str) -> dic
         body = TipoRequestBody(**raw)
         usage = {"model_calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
         try:
-            runner = TipoRunner(to_core_request(body, profile=profile, seed=body.seed), tag_index)
+            runner = TipoRunner(body.core_request(profile=profile, seed=body.seed), tag_index)
             while (call := runner.next_call()) is not None:
                 completion = synthetic_completion(call.prompt, call.sampling.seed)
                 usage["model_calls"] += 1

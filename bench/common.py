@@ -89,10 +89,10 @@ def prepare_model(args: argparse.Namespace):
 
         return ResolvedModel(path=Path(build_demo_model(path)).resolve(), name="demo", is_demo=True)
     if not (path / "config.json").is_file():
-        from model_store.tiny import build_tiny_model
+        from model_store.tiny import build_random_model
 
         print(f"building a random {args.shape} model into {path} (once)", file=sys.stderr)
-        build_tiny_model(path, shape=args.shape, seed=0)
+        build_random_model(path, shape=args.shape, seed=0)
     return ResolvedModel(path=path.resolve(), name=f"random-{args.shape}", is_demo=True)
 
 

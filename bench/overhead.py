@@ -47,13 +47,12 @@ NAME = "overhead"
 def record_script(bodies: list[dict], tag_index, profile: str) -> list[dict]:
     """Drive every request with the synthetic model; return the scripted engine's entries."""
     from service.api.tipo.protocol import TipoRequestBody
-    from service.api.tipo.serving import to_core_request
     from service.tipo.runner import TipoRunner
 
     entries: dict[tuple[str, int], str] = {}
     for raw in bodies:
         body = TipoRequestBody(**raw)
-        runner = TipoRunner(to_core_request(body, profile=body.profile or profile, seed=body.seed), tag_index)
+        runner = TipoRunner(body.core_request(profile=body.profile or profile, seed=body.seed), tag_index)
         while (call := runner.next_call()) is not None:
             completion = synthetic_completion(call.prompt, call.sampling.seed)
             entries[(call.prompt, call.sampling.seed)] = completion
@@ -65,14 +64,13 @@ def record_script(bodies: list[dict], tag_index, profile: str) -> list[dict]:
 def core_only(bodies: list[dict], entries: list[dict], tag_index, profile: str) -> dict:
     """The TIPO core's rate: parse the body, build the runner, feed recorded completions, build the result."""
     from service.api.tipo.protocol import TipoRequestBody
-    from service.api.tipo.serving import to_core_request
     from service.tipo.runner import TipoRunner
 
     answers = {(entry["prompt"], entry["seed"]): entry["completion"] for entry in entries}
     started, calls = time.perf_counter(), 0
     for raw in bodies:
         body = TipoRequestBody(**raw)
-        runner = TipoRunner(to_core_request(body, profile=body.profile or profile, seed=body.seed), tag_index)
+        runner = TipoRunner(body.core_request(profile=body.profile or profile, seed=body.seed), tag_index)
         while (call := runner.next_call()) is not None:
             runner.feed(answers[(call.prompt, call.sampling.seed)])
             calls += 1

@@ -6,7 +6,7 @@ Imports of torch, transformers and huggingface_hub happen only inside the comman
 
 from model_store.manifest import DEFAULT_MODELS_DIR, Manifest, ModelEntry, load_manifest
 from model_store.resolve import ModelNotFoundError, ResolvedModel, resolve_model
-from model_store.tiny import DEMO_MARKER, TIPO_ADDED_TOKENS, build_tiny_model, is_demo_model
+from model_store.tiny import DEMO_MARKER, TIPO_ADDED_TOKENS, build_random_model, is_demo_model
 
 __all__ = [
     "DEFAULT_MODELS_DIR",
@@ -16,7 +16,7 @@ __all__ = [
     "ModelEntry",
     "ModelNotFoundError",
     "ResolvedModel",
-    "build_tiny_model",
+    "build_random_model",
     "is_demo_model",
     "load_manifest",
     "resolve_model",

@@ -67,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             print(build_demo_model(args.dest or DEFAULT_MODELS_DIR / DEMO_MODEL_NAME, seed=args.seed,
                                    overwrite=args.force))
             return 0
-        from model_store.tiny import build_tiny_model
+        from model_store.tiny import build_random_model
 
         dest = args.dest or DEFAULT_MODELS_DIR / f"random-{args.shape}"
-        print(build_tiny_model(dest, shape=args.shape, seed=args.seed, overwrite=args.force))
+        print(build_random_model(dest, shape=args.shape, seed=args.seed, overwrite=args.force))
         return 0
     return 2
 

@@ -490,7 +490,7 @@ DEMO_WARNING = ("demo model trained for two minutes on synthetic TIPO-format doc
 
 def build_demo_model(dest: Path, seed: int = 0, overwrite: bool = False, steps: int = TRAIN_STEPS,
                      documents: int = NUM_DOCUMENTS) -> Path:
-    """Train and write the demo model directory at `dest` (atomically, like build_tiny_model); an
+    """Train and write the demo model directory at `dest` (atomically, like build_random_model); an
     existing demo model of this version is kept unless `overwrite`."""
     from model_store.tiny import build_model_dir, is_demo_model
 

@@ -137,8 +137,9 @@ def write_random_model(dest: Path, shape: str, seed: int) -> None:
     write_generation_config(dest)
 
 
-def build_tiny_model(dest: Path, shape: str = "tiny", seed: int = 0, overwrite: bool = False) -> Path:
-    """Write a complete random TIPO-shaped model directory at `dest` and return it.
+def build_random_model(dest: Path, shape: str = "tiny", seed: int = 0, overwrite: bool = False) -> Path:
+    """Write a complete TIPO-shaped model directory with random weights at `dest` and return it: `shape`
+    "tiny" (hidden 64, 2 layers, for tests) or a real TIPO shape ("200m", "500m": full size).
 
     Built in a temporary sibling directory and renamed into place, so a half-written model is never
     seen (another process may be building the same one). An existing complete model is kept unless
@@ -156,7 +157,7 @@ def build_tiny_model(dest: Path, shape: str = "tiny", seed: int = 0, overwrite: 
 
 def build_model_dir(dest: Path, write_weights, marker: dict, overwrite: bool = False) -> Path:
     """The tokenizer files, `write_weights(directory)` (which may return more marker fields), then the
-    marker, in a temporary sibling directory renamed to `dest` (see build_tiny_model)."""
+    marker, in a temporary sibling directory renamed to `dest` (see build_random_model)."""
     dest = Path(dest)
     if (dest / DEMO_MARKER).is_file() and not overwrite:
         return dest

@@ -31,9 +31,10 @@ from collections.abc import Iterable
 
 import regex
 
+from service.tipo.errors import InputError
 from service.tipo.postprocess import BanPatternTimeout, InvalidBanTag
 from service.tipo.profile import get_profile
-from service.tipo.runner import TipoRequest
+from service.tipo.request import TipoRequest
 from service.tipo.syntax import read_tags
 
 try:  # the stdlib's own regex parser: what re.compile reads an entry as
@@ -242,7 +243,7 @@ def budget_for(request: TipoRequest, budget_ms: float) -> RegexBudget:
     pieces = [piece.strip() for piece in request.tags.split(",") if piece.strip()]
     try:
         pieces += read_tags(request.tags, get_profile(request.profile)).tags
-    except ValueError:  # the runner reports it
+    except InputError:  # the runner reports it
         pass
     pieces += [piece.replace("_", " ") for piece in pieces if "_" in piece]
     return RegexBudget(budget_ms / 1000, preflight=pieces)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from model_store.resolve import ResolvedModel
-from model_store.tiny import build_tiny_model
+from model_store.tiny import build_random_model
 
 # vLLM on CPU reserves most of the machine's memory for the KV cache unless this is set.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -62,7 +62,7 @@ class EngineThread:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> ResolvedModel:
     """A tiny random TIPO-shaped model (hidden 64, 2 layers, TIPO's tokenizer), built in ~4 s."""
-    path = build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-test", shape="tiny", seed=0)
+    path = build_random_model(tmp_path_factory.mktemp("models") / "tiny-test", shape="tiny", seed=0)
     return ResolvedModel(path=Path(path), name="tiny-test", is_demo=True)
 
 

@@ -11,7 +11,7 @@
    overloaded) or after waiting (503);
 4. the work races the deadline (504), the client leaving (its engine calls are aborted, 499 in the
    metrics) and the end of the shutdown grace (503);
-5. failures become `ApiError`s (`api_error_from`).
+5. failures become `ApiError`s (`answer_to`: the table in service/api/errors.py, refusals counted).
 
 A stream takes its permit and waits for its first event before the 200 goes out, so a refusal or a
 timeout before the first byte is a real HTTP status; the permit is held until the stream ends, and
@@ -34,35 +34,16 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from service.admission import AdmissionError, QueueFull
-from service.api.errors import ApiError, error_body
+from service.api.errors import ApiError, ClientGone, RequestTimeout, ServerStopping, api_error_for
 from service.api.state import ServiceState
-from service.engine.base import EngineError, InvalidPromptError, PromptTooLongError, UnknownPromptError
-from service.tipo.format import UnknownFormat
-from service.tipo.plan import UnknownOperation
-from service.tipo.postprocess import InvalidBanTag
-from service.tipo.profile import ReferenceFailure
 
 T = TypeVar("T")
 
-# The request field each input error of the TIPO core is about.
-_PARAM_OF = {InvalidBanTag: "ban_tags", UnknownFormat: "format", UnknownOperation: "operation"}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _RAW_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
                     *((name.lower().encode(), value.encode()) for name, value in SSE_HEADERS.items())]
 DONE_EVENT = "data: [DONE]\n\n"
 LAST_WORDS_S = 1.0  # how long a stream ended by timeout or shutdown may take to send its error event
-
-
-class ClientGone(Exception):
-    """The client closed the connection before the answer was complete."""
-
-
-class RequestTimeout(Exception):
-    """The request's deadline passed."""
-
-
-class ServerStopping(Exception):
-    """The shutdown grace is over while the request still ran."""
 
 
 def new_request_id(prefix: str) -> str:
@@ -93,7 +74,7 @@ async def run_admitted(state: ServiceState, request: Request, *, cost: int, time
                 state.admission.observe_timeout()
                 raise
     except Exception as exc:
-        raise api_error_from(exc, state) from None
+        raise answer_to(exc, state) from None
 
 
 async def stream_admitted(state: ServiceState, request: Request, *, cost: int, timeout_s: float | None,
@@ -113,7 +94,7 @@ async def stream_admitted(state: ServiceState, request: Request, *, cost: int, t
     except BaseException as exc:
         await held.aclose()
         if isinstance(exc, Exception):
-            raise api_error_from(exc, state) from None
+            raise answer_to(exc, state) from None
         raise
     return GuardedStream(state, first, stream, held, deadline)
 
@@ -137,7 +118,7 @@ class GuardedStream(Response):
                 async for event in self.rest:
                     await _send_text(send, event)
             except Exception as exc:  # the engine failed mid-stream: say so in the stream
-                await _send_text(send, sse(api_error_body(exc, self.state)))
+                await _send_text(send, sse(answer_to(exc, self.state).body()))
             await _send_text(send, DONE_EVENT)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -148,7 +129,7 @@ class GuardedStream(Response):
                 self.state.admission.observe_timeout()
             with suppress(Exception):  # a client that stopped reading gets nothing more
                 async with asyncio.timeout(LAST_WORDS_S):
-                    await _send_text(send, sse(api_error_from(exc, self.state).body()) + DONE_EVENT)
+                    await _send_text(send, sse(answer_to(exc, self.state).body()) + DONE_EVENT)
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
         except ClientGone:
             self.state.metrics.client_disconnects.inc()
@@ -195,51 +176,12 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
-def api_error_from(exc: BaseException, state: ServiceState) -> ApiError:
-    """Map a failure of a generating request to its HTTP answer (table in service/api/errors.py)."""
-    if isinstance(exc, ApiError):
-        return exc
-    if isinstance(exc, QueueFull):
-        state.metrics.refused.labels(reason="queue_full").inc()
-        return ApiError(429, str(exc), type="rate_limit_error", headers={"Retry-After": str(exc.retry_after_s)})
+def answer_to(exc: BaseException, state: ServiceState) -> ApiError:
+    """The answer to a failure of a generating request (service/api/errors.py), refusals and clients that
+    left counted in the metrics."""
     if isinstance(exc, AdmissionError):
-        state.metrics.refused.labels(reason=type(exc).__name__).inc()
-        return ApiError(503, str(exc), type="service_unavailable", headers={"Retry-After": str(exc.retry_after_s)})
-    if isinstance(exc, RequestTimeout):
-        return ApiError(504, "the request took longer than its timeout; its model calls were aborted "
-                        "(raise timeout_s, up to the server's request_timeout_s, or ask for less)",
-                        type="timeout_error")
-    if isinstance(exc, ClientGone):
+        reason = "queue_full" if isinstance(exc, QueueFull) else type(exc).__name__
+        state.metrics.refused.labels(reason=reason).inc()
+    elif isinstance(exc, ClientGone):
         state.metrics.client_disconnects.inc()
-        # Nobody reads this answer; 499 (nginx's "client closed request") keeps it apart in metrics.
-        return ApiError(499, "client closed the request", type="client_closed_request")
-    if isinstance(exc, ServerStopping):
-        return ApiError(503, "the server is shutting down and the request did not finish within the shutdown "
-                        "grace; retry (another replica answers)", type="service_unavailable",
-                        headers={"Retry-After": "5"})
-    if isinstance(exc, UnknownPromptError):
-        return ApiError(424, f"replay miss: {exc}", type="scripted_prompt_missing")
-    if isinstance(exc, PromptTooLongError):
-        return ApiError(422, f"the prompt does not fit the model's context: {exc} (shorten the input or lower "
-                        f"max_new_tokens)", type="invalid_request_error", code="context_length_exceeded")
-    if isinstance(exc, InvalidPromptError):
-        return ApiError(422, f"invalid prompt: {exc}", param="prompt")
-    if isinstance(exc, EngineError):
-        return ApiError(503, f"the model engine failed: {exc}", type="engine_error", headers={"Retry-After": "5"})
-    if isinstance(exc, ReferenceFailure):
-        return ApiError(422, f"the reference (tipo-kgen 0.3.1) crashes on this input, so profile 'kgen' "
-                        f"refuses it: {exc}. Use profile 'fixed' to have it handled.",
-                        type="reference_failure", code="reference_failure")
-    if isinstance(exc, ValueError):
-        # The TIPO core raises ValueError subclasses for input it cannot use (e.g. an invalid ban regex).
-        param = next((name for kind, name in _PARAM_OF.items() if isinstance(exc, kind)), None)
-        return ApiError(422, str(exc), param=param)
-    raise exc
-
-
-def api_error_body(exc: BaseException, state: ServiceState) -> dict:
-    """The error body for `exc`; a generic one for an unexpected failure (never its internals)."""
-    try:
-        return api_error_from(exc, state).body()
-    except Exception:
-        return error_body("internal server error", "server_error")
+    return api_error_for(exc)

@@ -12,20 +12,27 @@ Status codes (README "Errors"):
       and not an outage: type `scripted_prompt_missing`, the message names the prompt)
   429 wait queue full (Retry-After) · 503 not ready, engine failed, or queue wait too long
   504 request timeout (its engine work is aborted)
-Bodies never carry stack traces or file paths; unexpected failures are logged and answered with a
-generic 500.
+Which failure gets which answer is one table, `ERROR_RULES` (`api_error_for`): input errors of the TIPO
+core (`InputError`, naming their field), refusals of admission, timeouts, engine failures. Anything not in
+it is a bug: logged with its traceback and answered with a generic 500 (never its message, never a 4xx).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.admission import AdmissionError, QueueFull
+from service.engine.base import EngineError, InvalidPromptError, PromptTooLongError, UnknownPromptError
+from service.tipo.errors import InputError
+from service.tipo.profile import ReferenceFailure
 
 logger = logging.getLogger("service.api")
 
@@ -95,6 +102,63 @@ class ApiError(Exception):
 
     def body(self) -> dict:
         return error_body(self.message, self.type, self.param, self.code)
+
+
+class ClientGone(Exception):
+    """The client closed the connection before the answer was complete."""
+
+
+class RequestTimeout(Exception):
+    """The request's deadline passed."""
+
+
+class ServerStopping(Exception):
+    """The shutdown grace is over while the request still ran."""
+
+
+@dataclass(frozen=True)
+class ErrorRule:
+    status: int
+    type: str = "invalid_request_error"
+    message: str = "{exc}"  # formatted with the exception
+    param: str | None = None  # else the exception's `field`, if it has one
+    code: str | None = None
+    retry_after: bool = False  # Retry-After: the exception's retry_after_s, else 5 s
+
+
+# Failure -> answer. The most specific class of an exception's MRO that is listed here decides.
+ERROR_RULES: dict[type[BaseException], ErrorRule] = {
+    InputError: ErrorRule(422),
+    ReferenceFailure: ErrorRule(422, "reference_failure", "the reference (tipo-kgen 0.3.1) crashes on this input, so "
+                                "profile 'kgen' refuses it: {exc}. Use profile 'fixed' to have it handled.",
+                                code="reference_failure"),
+    PromptTooLongError: ErrorRule(422, message="the prompt does not fit the model's context: {exc} (shorten the "
+                                  "input or lower max_new_tokens)", code="context_length_exceeded"),
+    InvalidPromptError: ErrorRule(422, message="invalid prompt: {exc}", param="prompt"),
+    UnknownPromptError: ErrorRule(424, "scripted_prompt_missing", "replay miss: {exc}"),
+    QueueFull: ErrorRule(429, "rate_limit_error", retry_after=True),
+    AdmissionError: ErrorRule(503, "service_unavailable", retry_after=True),
+    ServerStopping: ErrorRule(503, "service_unavailable", "the server is shutting down and the request did not "
+                              "finish within the shutdown grace; retry (another replica answers)", retry_after=True),
+    EngineError: ErrorRule(503, "engine_error", "the model engine failed: {exc}", retry_after=True),
+    RequestTimeout: ErrorRule(504, "timeout_error", "the request took longer than its timeout; its model calls were "
+                              "aborted (raise timeout_s, up to the server's request_timeout_s, or ask for less)"),
+    # Nobody reads this answer; 499 (nginx's "client closed request") keeps it apart in metrics.
+    ClientGone: ErrorRule(499, "client_closed_request", "client closed the request"),
+}
+
+
+def api_error_for(exc: BaseException) -> ApiError:
+    """The answer to a failure (ERROR_RULES); a logged generic 500 for anything else."""
+    if isinstance(exc, ApiError):
+        return exc
+    rule = next((ERROR_RULES[kind] for kind in type(exc).__mro__ if kind in ERROR_RULES), None)
+    if rule is None:
+        logger.error("unexpected error (answered 500)", exc_info=exc)
+        return ApiError(500, "internal server error", type="server_error")
+    headers = {"Retry-After": str(getattr(exc, "retry_after_s", 5))} if rule.retry_after else None
+    return ApiError(rule.status, rule.message.format(exc=exc), type=rule.type,
+                    param=rule.param or getattr(exc, "field", None), code=rule.code, headers=headers)
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
@@ -171,6 +235,13 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+    async def _by_rule(_: Request, exc: Exception) -> JSONResponse:
+        error = api_error_for(exc)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    for kind in ERROR_RULES:  # e.g. an InputError raised while a request is read
+        app.add_exception_handler(kind, _by_rule)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

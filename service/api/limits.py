@@ -14,7 +14,8 @@ from service.regex_budget import budget_for
 from service.settings import Settings
 from service.tipo.constants import FORMAT_PRESETS
 from service.tipo.format import PLACEHOLDER
-from service.tipo.runner import TipoRequest
+from service.tipo.request import TipoRequest
+from service.tipo.syntax import bracket_depth
 
 
 def check_input_limits(body: TipoRequestBody, settings: Settings) -> None:
@@ -72,23 +73,3 @@ def ban_compiler(request: TipoRequest, settings: Settings) -> Callable:
     """The runner's `compile_pattern`: ban regexes on a time budget of regex_budget_ms for the request
     (service/regex_budget.py), tried on the request's own tags first."""
     return budget_for(request, settings.regex_budget_ms).compile
-
-
-def bracket_depth(text: str) -> int:
-    """Deepest nesting of `(` and `[` together, as the A1111 parser sees it: `\\(` is escaped, a
-    closing bracket without an open one is text, and brackets never closed still count."""
-    open_count = {"(": 0, "[": 0}
-    closer = {")": "(", "]": "["}
-    deepest = 0
-    escaped = False
-    for char in text:
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char in open_count:
-            open_count[char] += 1
-            deepest = max(deepest, open_count["("] + open_count["["])
-        elif char in closer and open_count[closer[char]]:
-            open_count[closer[char]] -= 1
-    return deepest

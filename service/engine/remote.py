@@ -5,20 +5,29 @@ Requests carry TIPO's sampling in full: the OpenAI fields plus `top_k`, `min_p`,
 tokenizer is given, the prompt is sent as token ids (exactly the reference's ids, BOS included), so
 the server's own tokenizer cannot change them; otherwise as text (the server adds BOS).
 
-Connection errors, timeouts and 5xx answers are retried `remote_retries` times with exponential
-backoff; a streamed call is retried only until its first piece arrived. 4xx answers are not retried.
-A server that cannot be connected to raises EngineUnavailable: the gateway turns readiness off and
-probes until it answers again (start() too: the service stays loading until the upstream is up).
+The official `openai` client (`AsyncOpenAI`) does the HTTP (pool, timeouts), parses the SSE stream
+and retries: connection errors, timeouts, 408/409/429 and 5xx answers, `remote_retries` times, with
+its backoff (0.5 s doubling up to 8 s, less up to 25 % jitter) or the server's `Retry-After` if at
+most 2 minutes (a longer one: no retry); it logs each retry (`openai._base_client`, INFO). For a vLLM
+upstream or its proxy, 408/409/429 mean "busy, try again", so retrying them is right; other 4xx
+answers are not retried. It retries a request until its answer's headers arrived, never a stream
+whose body has begun, so no piece is sent twice.
+
+What stays ours: the request body (vLLM's and llama.cpp's fields go in `extra_body`), turning answers
+and stream events into Completions, abort(request_id), and what a failure means. A server that cannot
+be connected to, or still answers 502/503/504 after the retries (a proxy without upstream, a server not
+ready), raises EngineUnavailable: the gateway turns readiness off and probes until it answers again
+(start() too: the service stays loading until the upstream is up). Timeouts, other statuses and broken
+streams raise EngineError.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 
-import httpx
+import openai
 
 from service.engine.base import (
     Completion,
@@ -36,18 +45,10 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-BACKOFF_FIRST_S = 0.25  # wait before the first retry; doubles each retry
-BACKOFF_MAX_S = 4.0
 CHECK_TIMEOUT_S = 5.0
+UNAVAILABLE_STATUSES = (502, 503, 504)  # a proxy without upstream, or a server not ready
+RETRIED_CLIENT_STATUSES = (408, 409, 429)  # the 4xx answers the openai client retries
 _END = object()  # end-of-stream marker
-
-
-class _Retryable(Exception):
-    """A failure worth another try (connection refused, timeout, 5xx)."""
-
-    def __init__(self, status: int, text: str):
-        super().__init__(f"HTTP {status}: {text}")
-        self.unavailable = status in (502, 503, 504)  # a proxy without upstream, or a server not ready
 
 
 class RemoteEngine(Engine):
@@ -59,54 +60,66 @@ class RemoteEngine(Engine):
         self.tokenizer = tokenizer
         self.model_name = settings.served_model_name or settings.remote_model
         self._remote_model = settings.remote_model
-        headers = {"Authorization": f"Bearer {settings.remote_api_key}"} if settings.remote_api_key else {}
-        timeout = httpx.Timeout(settings.remote_timeout_s, connect=min(10.0, settings.remote_timeout_s))
-        self._client = httpx.AsyncClient(timeout=timeout, headers=headers)
+        # The client needs some key (and would read OPENAI_API_KEY without one); without a configured key
+        # every call omits the Authorization header, as a server without --api-key expects.
+        self._auth_headers = {} if settings.remote_api_key else {"Authorization": openai.Omit()}
+        self._client = openai.AsyncOpenAI(
+            base_url=self.base_url, api_key=settings.remote_api_key or "none", max_retries=self.retries,
+            timeout=openai.Timeout(settings.remote_timeout_s, connect=min(10.0, settings.remote_timeout_s)))
+        self._check_client = self._client.with_options(timeout=CHECK_TIMEOUT_S, max_retries=0)  # same pool
         self._in_flight: dict[str, set[asyncio.Task]] = {}  # request_id -> its running HTTP calls
 
     async def start(self) -> None:
         """Find the model to ask for when none is configured: the server's first model."""
         if self._remote_model:
             return
-        response = await self._with_retries(lambda: self._client.get(f"{self.base_url}/models"))
-        models = response.json().get("data") or []
+        try:
+            page = await self._client.models.list(extra_headers=self._auth_headers)
+        except openai.APIError as exc:
+            raise self._failure(exc) from exc
+        models = getattr(page, "data", None) or []
         if not models:
             raise EngineError(f"{self.base_url}/models lists no model")
-        self._remote_model = models[0]["id"]
+        self._remote_model = models[0].id
         self.model_name = self.model_name or self._remote_model
         log.info("remote engine %s: model %s", self.base_url, self._remote_model)
 
     async def shutdown(self) -> None:
-        await self._client.aclose()
+        await self._client.close()
 
     async def check(self) -> None:
+        """One try with a short timeout; any answer below 500 means the server is there."""
         try:
-            response = await self._client.get(f"{self.base_url}/models", timeout=CHECK_TIMEOUT_S)
-        except httpx.TransportError as exc:
+            await self._check_client.models.with_raw_response.list(extra_headers=self._auth_headers)
+        except openai.APIConnectionError as exc:  # timeouts included
             raise EngineUnavailable(f"remote engine {self.base_url}: {_describe(exc)}") from exc
-        if response.status_code >= 500:
-            raise EngineUnavailable(f"remote engine {self.base_url}/models: HTTP {response.status_code}")
+        except openai.APIStatusError as exc:
+            if exc.status_code >= 500:
+                raise EngineUnavailable(f"remote engine {self.base_url}/models: HTTP {exc.status_code}") from exc
 
     async def generate(self, prompt: Prompt, sampling: Sampling, request_id: str,
                        segments: Segments | None = None) -> Completion:
-        body = self._body(prompt, sampling, stream=False, segments=segments)
+        params = self._params(prompt, sampling, stream=False, segments=segments)
 
         async def call() -> Completion:
-            response = await self._with_retries(
-                lambda: self._client.post(f"{self.base_url}/completions", json=body,
-                                          headers={"X-Request-Id": request_id}))
-            return self._completion(response)
+            try:
+                answer = await self._client.completions.create(**params, extra_headers=self._headers(request_id))
+            except openai.APIError as exc:
+                raise self._failure(exc) from exc
+            except ValueError as exc:  # a JSON content type with a body that is not JSON
+                raise EngineError(f"{self.base_url}/completions answered an unexpected body: {exc}") from exc
+            return self._completion(answer)
 
         return await self._abortable(request_id, call())
 
     async def generate_stream(self, prompt: Prompt, sampling: Sampling, request_id: str,
                               segments: Segments | None = None) -> AsyncIterator[Completion]:
-        body = self._body(prompt, sampling, stream=True, segments=segments)
+        params = self._params(prompt, sampling, stream=True, segments=segments)
         pieces: asyncio.Queue = asyncio.Queue()
 
         async def call() -> None:
             try:
-                await self._stream_with_retries(body, request_id, pieces.put_nowait)
+                await self._stream(params, request_id, pieces.put_nowait)
             finally:
                 pieces.put_nowait(_END)  # also on error or abort, so the loop below always ends
 
@@ -128,55 +141,103 @@ class RemoteEngine(Engine):
 
     # --- request building and parsing
 
-    def _body(self, prompt: Prompt, sampling: Sampling, stream: bool, segments: Segments | None = None) -> dict:
-        body = {
+    def _params(self, prompt: Prompt, sampling: Sampling, stream: bool, segments: Segments | None = None) -> dict:
+        """completions.create()'s arguments; the server receives the OpenAI fields and extra_body in one body."""
+        params = {
             "model": self._remote_model,
             "prompt": self._prompt_ids(prompt, segments) if self.tokenizer and isinstance(prompt, str) else prompt,
             "max_tokens": sampling.max_new_tokens,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
+            "stream": stream,
+        }
+        extra_body = {
             "top_k": sampling.top_k,
             "min_p": sampling.min_p,
             "repetition_penalty": sampling.repetition_penalty,
             "repeat_penalty": sampling.repetition_penalty,  # llama.cpp's name
-            "stream": stream,
             # TIPO's calls keep special tokens in the text, as the reference's decode (vLLM extension fields).
             "skip_special_tokens": sampling.skip_special_tokens,
             "spaces_between_special_tokens": sampling.spaces_between_special_tokens,
         }
         if stream:
-            body["stream_options"] = {"include_usage": True}
+            params["stream_options"] = {"include_usage": True}
         if sampling.seed is not None:
-            body["seed"] = sampling.seed
+            params["seed"] = sampling.seed
         # Raw completions' options, sent only when asked for (TIPO's calls never set them).
-        optional = {"stop": list(sampling.stop), "stop_token_ids": list(sampling.stop_token_ids),
-                    "presence_penalty": sampling.presence_penalty, "frequency_penalty": sampling.frequency_penalty,
-                    "min_tokens": sampling.min_tokens, "ignore_eos": sampling.ignore_eos, "logprobs": sampling.logprobs}
-        body.update({key: value for key, value in optional.items() if value})
-        return body
+        optional = {"stop": list(sampling.stop), "presence_penalty": sampling.presence_penalty,
+                    "frequency_penalty": sampling.frequency_penalty, "logprobs": sampling.logprobs}
+        params.update({key: value for key, value in optional.items() if value})
+        optional_extra = {"stop_token_ids": list(sampling.stop_token_ids), "min_tokens": sampling.min_tokens,
+                          "ignore_eos": sampling.ignore_eos}
+        extra_body.update({key: value for key, value in optional_extra.items() if value})
+        params["extra_body"] = extra_body
+        return params
+
+    def _headers(self, request_id: str) -> dict:
+        return {"X-Request-Id": request_id, **self._auth_headers}
 
     def _prompt_ids(self, prompt: str, segments: Segments | None) -> list[int]:
         # Without a local tokenizer the server tokenises the text and reads a `<|long|>` typed by a user
         # as the marker: only token ids keep user text literal (docs/RELIABILITY.md).
         return self.tokenizer.encode_segments(segments) if segments else self.tokenizer.encode_template(prompt)
 
-    def _completion(self, response: httpx.Response) -> Completion:
+    def _completion(self, answer) -> Completion:
+        # The client builds its models without validation (a missing field is None); a body that is not
+        # JSON comes back as its text.
         try:
-            data = response.json()
-            choice = data["choices"][0]
-            usage = data.get("usage") or {}
+            choice = answer.choices[0]
+            usage = answer.usage
             return Completion(
-                text=choice["text"],
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
-                finish_reason=choice.get("finish_reason") or "stop",
-                logprobs=_logprobs(choice.get("logprobs")),
+                text=choice.text,
+                prompt_tokens=int(usage.prompt_tokens or 0) if usage else 0,
+                completion_tokens=int(usage.completion_tokens or 0) if usage else 0,
+                finish_reason=choice.finish_reason or "stop",
+                logprobs=_logprobs(choice.logprobs),
             )
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise EngineError(f"{self.base_url}/completions answered an unexpected body: "
-                              f"{response.text[:200]!r}") from exc
+        except (AttributeError, IndexError, TypeError, ValueError) as exc:
+            body = answer.to_json(indent=None) if hasattr(answer, "to_json") else str(answer)
+            raise EngineError(f"{self.base_url}/completions answered an unexpected body: {body[:200]!r}") from exc
 
-    # --- transport: retries, streaming, abort
+    # --- transport: streaming, failures, abort
+
+    async def _stream(self, params: dict, request_id: str, emit) -> None:
+        started = False  # once a piece went out, the call must not be repeated
+        try:
+            # create() returns once the answer's headers arrived (retrying until then); the body is read below.
+            stream = await self._client.completions.create(**params, extra_headers=self._headers(request_id))
+            async with stream:  # closes the response on any exit, abort included
+                async for event in stream:
+                    piece = _stream_piece(event)
+                    if piece is not None:
+                        started = True
+                        emit(piece)
+        except (openai.APIConnectionError, openai.APIStatusError) as exc:
+            # The library retries nothing once the headers are in, so a stream that breaks before its first
+            # piece is no longer retried (the hand-written client did; only our own retry loop could). Such a
+            # failure counts as the request's (a lost connection: EngineUnavailable); after a piece, as a broken stream.
+            if started:
+                raise EngineError(f"{self.base_url} stream broke after it started: {_describe(exc)}") from exc
+            raise self._failure(exc) from exc
+        except openai.APIError as exc:  # an error event in the stream
+            raise EngineError(f"{self.base_url} stream error: {exc.body if exc.body is not None else exc}") from exc
+        except (ValueError, AttributeError, TypeError) as exc:  # an event that is not JSON, or not a completion
+            raise EngineError(f"{self.base_url} sent a malformed stream event: {exc}") from exc
+
+    def _failure(self, exc: openai.APIError) -> EngineError:
+        """A call's failure, after the client's retries, as the EngineError the gateway acts on."""
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            if status < 500 and status not in RETRIED_CLIENT_STATUSES:
+                return EngineError(f"{self.base_url} refused the call: HTTP {status}: {_answer_text(exc)[:300]}")
+            unreachable = status in UNAVAILABLE_STATUSES
+        else:
+            # Cannot connect: the upstream is down (it may come back: readiness fails, liveness not).
+            unreachable = isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError)
+        # The client numbers its tries in a request header; the error carries the last try's request.
+        attempts = int(exc.request.headers.get("x-stainless-retry-count", self.retries)) + 1
+        kind = EngineUnavailable if unreachable else EngineError
+        return kind(f"remote engine {self.base_url} failed after {attempts} attempt(s): {_describe(exc)}")
 
     async def _abortable(self, request_id: str, coro):
         """Run `coro` as its own task so abort(request_id) can stop it; the caller sees EngineError."""
@@ -196,97 +257,47 @@ class RemoteEngine(Engine):
                 if not tasks:
                     del self._in_flight[request_id]
 
-    async def _with_retries(self, send) -> httpx.Response:
-        for attempt in range(self.retries + 1):
-            try:
-                response = await send()
-                if response.status_code >= 500:
-                    raise _Retryable(response.status_code, response.text[:200])
-                if response.status_code >= 400:
-                    raise EngineError(f"{self.base_url} refused the call: HTTP {response.status_code}: "
-                                      f"{response.text[:300]}")
-                return response
-            except (httpx.TransportError, _Retryable) as exc:
-                await self._retry_or_raise(exc, attempt)
-        raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _stream_with_retries(self, body: dict, request_id: str, emit) -> None:
-        for attempt in range(self.retries + 1):
-            started = False  # once a piece went out, a retry would repeat it: no more retries
-            try:
-                async with self._client.stream("POST", f"{self.base_url}/completions", json=body,
-                                               headers={"X-Request-Id": request_id}) as response:
-                    if response.status_code >= 500:
-                        raise _Retryable(response.status_code, repr((await response.aread())[:200]))
-                    if response.status_code >= 400:
-                        raise EngineError(f"{self.base_url} refused the call: HTTP {response.status_code}: "
-                                          f"{(await response.aread())[:300]!r}")
-                    async for line in response.aiter_lines():
-                        if not line.startswith("data:"):
-                            continue
-                        data = line[len("data:"):].strip()
-                        if data == "[DONE]":
-                            return
-                        piece = _stream_piece(data, self.base_url)
-                        if piece is not None:
-                            started = True
-                            emit(piece)
-                    return
-            except (httpx.TransportError, _Retryable) as exc:
-                if started:
-                    raise EngineError(f"{self.base_url} stream broke after it started: {exc!r}") from exc
-                await self._retry_or_raise(exc, attempt)
-
-    async def _retry_or_raise(self, exc: Exception, attempt: int) -> None:
-        """After a failed attempt: raise EngineError when no retry is left, else wait the backoff."""
-        if attempt >= self.retries:
-            # Cannot connect: the upstream is down (it may come back: readiness fails, liveness not).
-            unreachable = (isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.TimeoutException)) \
-                or (isinstance(exc, _Retryable) and exc.unavailable)
-            kind = EngineUnavailable if unreachable else EngineError
-            raise kind(f"remote engine {self.base_url} failed after {attempt + 1} "
-                       f"attempt(s): {_describe(exc)}") from exc
-        log.warning("remote engine %s: %s; retry %d of %d", self.base_url, _describe(exc),
-                    attempt + 1, self.retries)
-        await asyncio.sleep(min(BACKOFF_FIRST_S * 2**attempt, BACKOFF_MAX_S))
-
-
-def _stream_piece(data: str, base_url: str) -> Completion | None:
+def _stream_piece(event) -> Completion | None:
     """One stream event as a piece: its text and finish reason, or the usage event's counts."""
-    try:
-        event = json.loads(data)
-    except ValueError as exc:
-        raise EngineError(f"{base_url} sent a malformed stream event: {data[:200]!r}") from exc
-    if "error" in event:
-        raise EngineError(f"{base_url} stream error: {event['error']}")
-    choices = event.get("choices") or []
-    usage = event.get("usage") or {}
-    if not choices:
-        if not usage:
+    if not event.choices:
+        if not event.usage:
             return None
-        return Completion(text="", prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                          completion_tokens=int(usage.get("completion_tokens") or 0), finish_reason=None)
-    choice = choices[0]
-    if not choice.get("text") and choice.get("finish_reason") is None:
+        return Completion(text="", prompt_tokens=int(event.usage.prompt_tokens or 0),
+                          completion_tokens=int(event.usage.completion_tokens or 0), finish_reason=None)
+    choice = event.choices[0]
+    if not choice.text and choice.finish_reason is None:
         return None
-    return Completion(text=choice.get("text") or "", completion_tokens=0, finish_reason=choice.get("finish_reason"),
-                      logprobs=_logprobs(choice.get("logprobs")))
+    return Completion(text=choice.text or "", completion_tokens=0, finish_reason=choice.finish_reason,
+                      logprobs=_logprobs(choice.logprobs))
 
 
-def _logprobs(data: dict | None) -> list[TokenLogprob] | None:
+def _logprobs(data) -> list[TokenLogprob] | None:
     """OpenAI's completions `logprobs` object as TokenLogprobs."""
     if not data:
         return None
-    tops = data.get("top_logprobs") or [{}] * len(data.get("tokens") or [])
+    tops = data.top_logprobs or [{}] * len(data.tokens or [])
     return [TokenLogprob(token=token, logprob=float(logprob if logprob is not None else float("-inf")), top=top or {})
-            for token, logprob, top in zip(data.get("tokens") or [], data.get("token_logprobs") or [], tops)]
+            for token, logprob, top in zip(data.tokens or [], data.token_logprobs or [], tops)]
 
 
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, httpx.TimeoutException):
-        return f"timed out ({type(exc).__name__})"
-    if isinstance(exc, httpx.ConnectError):
-        return f"cannot connect ({exc})"
+def _answer_text(exc: openai.APIStatusError) -> str:
+    try:
+        return exc.response.text
+    except Exception:  # a response closed before it was read
+        return str(exc.body)
+
+
+def _describe(exc: openai.APIError) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}: {_answer_text(exc)[:200]}"
+    cause = exc.__cause__ or exc  # the transport's exception
+    if isinstance(exc, openai.APITimeoutError):
+        return f"timed out ({type(cause).__name__})"
+    if isinstance(exc, openai.APIConnectionError):
+        if "Connect" in type(cause).__name__:  # ConnectError: refused, no route
+            return f"cannot connect ({cause})"
+        return f"connection lost ({type(cause).__name__}: {cause})"  # e.g. closed in mid-answer
     return str(exc) or type(exc).__name__
 
 

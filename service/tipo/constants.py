@@ -5,8 +5,11 @@ All values are those of tipo-kgen 0.3.1 and the z-tipo-extension (docs/REFERENCE
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 # --- length targets (docs/REFERENCE.md §3.2). Tags are counted as special + general; sentences by splitting on ".".
-LENGTHS = ("very_short", "short", "long", "very_long")
+Length = Literal["very_short", "short", "long", "very_long"]
+LENGTHS: tuple[str, ...] = get_args(Length)
 DEFAULT_LENGTH = "long"
 
 MIN_TAGS = {"very_short": 6, "short": 18, "long": 36, "very_long": 54}
@@ -35,16 +38,11 @@ EMPTY_TOKEN = "<|empty|>"
 SLOT_SEPARATOR = "_to_"  # "short_to_tag_to_long" -> slots short, tag, long
 
 # --- single operations (ComfyUI "TIPO Single Operation" node, REFERENCE.md §3.3). "None" = plain tag expansion.
-SINGLE_OPERATIONS = (
-    "None",
-    "long_to_tag",
-    "short_to_tag",
-    "short_to_tag_to_long",
-    "tag_to_long",
-    "tag_to_long_to_short",
-    "tag_to_short",
-    "tag_to_short_to_long",
-)
+SingleOperation = Literal[
+    "None", "long_to_tag", "short_to_tag", "short_to_tag_to_long", "tag_to_long", "tag_to_long_to_short",
+    "tag_to_short", "tag_to_short_to_long",
+]
+SINGLE_OPERATIONS: tuple[str, ...] = get_args(SingleOperation)
 
 # --- retry loop (docs/REFERENCE.md §3.4)
 MAX_RETRIES = 10  # so at most 11 attempts per operation

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from service.tipo.constants import CAPTION_KEYS, FORMAT_PRESETS
+from service.tipo.errors import InputError
 from service.tipo.profile import Profile
 
 # A placeholder <|...|> that does not itself contain a whole placeholder on the same line.
@@ -23,8 +24,10 @@ SENTENCE_END = (".", "!", "?")
 PLACEHOLDER = re.compile(r"<\|[^|]+\|>")
 
 
-class UnknownFormat(ValueError):
+class UnknownFormat(InputError):
     """Neither a preset name nor a template with a <|...|> placeholder (most likely a misspelt preset)."""
+
+    field = "format"
 
 
 def resolve_format(name_or_template: str, profile: Profile) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from service.tipo.constants import DEFAULT_LENGTH, SINGLE_OPERATIONS
+from service.tipo.errors import InputError
 from service.tipo.template import target_slot
 
 TagMap = dict  # category -> list of tags, or caption key -> str (insertion order matters)
@@ -39,8 +40,10 @@ class Plan:
     nl: str  # the user's natural-language text
 
 
-class UnknownOperation(ValueError):
+class UnknownOperation(InputError):
     """A single-operation request named an operation the reference does not accept."""
+
+    field = "operation"
 
 
 def joined(tags: Sequence[str]) -> str:

@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.tipo.constants import MAX_SENTENCES, MAX_TAGS, MIN_SENTENCES, MIN_TAGS
+from service.tipo.errors import InputError
 from service.tipo.profile import Profile, ReferenceFailure
 
 
-class InvalidBanTag(ValueError):
+class InvalidBanTag(InputError):
     """A ban entry that is not a valid regular expression, or one that could take exponential time."""
+
+    field = "ban_tags"
 
     def __init__(self, entry: str, reason: str):
         super().__init__(f"ban tag {entry!r} is not a valid regular expression: {reason}")
@@ -29,7 +32,7 @@ class BanPatternTimeout(InvalidBanTag):
     given to `BanList.of`, e.g. service/regex_budget.py, raises it; the stdlib `re` has no timeout)."""
 
     def __init__(self, entry: str, budget_ms: float):
-        ValueError.__init__(
+        InputError.__init__(
             self,
             f"ban tag {entry!r} ran out of the server's time budget for ban regexes ({budget_ms:g} ms per "
             "request): simplify it (no nested or overlapping repetition such as (a|a)* or (a+)+), or send "
@@ -111,11 +114,6 @@ class BanList:
 
     def keep(self, tags: Iterable[str]) -> list[str]:
         return [tag for tag in tags if not self.bans(tag)]
-
-
-def split_ban_text(text: str) -> tuple[str, ...]:
-    """The ban text box: comma-separated, stripped, empties dropped (the extensions' parsing)."""
-    return tuple(entry.strip() for entry in text.split(",") if entry.strip())
 
 
 def sentences_of(text: str) -> list[str]:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from service.tipo.errors import InputError
 
-class ReferenceFailure(ValueError):
+
+class ReferenceFailure(InputError):
     """The reference would crash on this input; `kgen` reports it instead of guessing."""
 
 
@@ -103,4 +105,4 @@ def get_profile(name: str) -> Profile:
     try:
         return PROFILES[name]
     except KeyError:
-        raise ValueError(f"unknown profile {name!r}; use one of {sorted(PROFILES)}") from None
+        raise InputError(f"unknown profile {name!r}; use one of {sorted(PROFILES)}", "profile") from None

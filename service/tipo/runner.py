@@ -1,17 +1,25 @@
-"""The request runner: a pure state machine from a TIPO request to model calls to the final prompt.
+"""One TIPO request, run as the reference runs it: a generator that yields model calls, is sent each
+completion, and returns the result.
 
-    runner = TipoRunner(request, index)
-    while (call := runner.next_call()) is not None:
-        runner.feed(engine_completion_text(call.prompt, call.sampling))
-    result = runner.result()
+    run = run_tipo(prepare(request, index))
+    call = next(run)
+    while True:
+        try:
+            call = run.send(engine_completion_text(call))
+        except StopIteration as done:
+            result = done.value
+            break
 
-No I/O and no engine inside, so the serving layer can drive many runners against one engine at once.
-The flow is the reference's (tipo-kgen 0.3.1 `tipo_runner` + the z-tipo-extension front ends):
+`TipoRunner` wraps it as `next_call()` / `feed(text)` / `result()`, which the serving layer drives
+against the engine. No I/O inside. The flow is the reference's (tipo-kgen 0.3.1 `tipo_runner` + the
+z-tipo-extension front ends):
 
-1. read the tag and caption boxes (prompt syntax), classify the tags, plan the passes (docs/REFERENCE.md §3.3);
-2. per pass, up to 11 attempts (docs/REFERENCE.md §3.4): build the prompt, call the model, parse, post-process,
-   stop when the length target is met, else continue from what was produced with seed + 1;
-3. carry tags and caption to the next pass; format the last pass's result (docs/REFERENCE.md §4).
+1. `prepare`: read the tag and caption boxes (frontends.py), classify the tags, plan the passes
+   (docs/REFERENCE.md §3.3); every input error is raised here, before any model call;
+2. `run_tipo`: per pass, up to 11 attempts (docs/REFERENCE.md §3.4): build the prompt, call the model,
+   parse, post-process, stop when the length target is met, else continue from what was produced with
+   seed + 1; carry tags and caption to the next pass;
+3. `finish`: format the last pass's result as the front end does (frontends.py, docs/REFERENCE.md §4).
 
 Randomness (docs/REFERENCE.md §2.5) comes from one `random.Random` per request, drawn in the reference's order:
 the request seed seeds it, each pass draws its seed with randint(0, 2**32), post-processing shuffles.
@@ -21,29 +29,19 @@ from __future__ import annotations
 
 import random
 import secrets
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Callable, Generator
+from dataclasses import asdict, dataclass, field
 
-from service.tipo import webui
+from service.tipo import frontends
 from service.tipo.constants import (
     CAPTION_KEYS,
-    DEFAULT_FORMAT_NAME,
-    DEFAULT_LENGTH,
     KGEN_MIN_P,
-    LENGTHS,
     MAX_RETRIES,
     MAX_SAME_OUTPUT,
     SEED_SPACE,
     WEBUI_SEED_MAX,
 )
-from service.tipo.format import (
-    NodeOutputs,
-    addon_of,
-    apply_format,
-    resolve_format,
-    unformatted,
-    with_final_period,
-)
+from service.tipo.format import addon_of, resolve_format, with_final_period
 from service.tipo.parse import parse_output
 from service.tipo.plan import (
     Operation,
@@ -53,43 +51,12 @@ from service.tipo.plan import (
     plan_request,
     plan_single_operation,
 )
-from service.tipo.postprocess import BanList, meets_target, postprocess, split_ban_text
+from service.tipo.postprocess import BanList, meets_target, postprocess
 from service.tipo.profile import Profile, get_profile
+from service.tipo.request import TipoRequest
 from service.tipo.sampling import Sampling
-from service.tipo.syntax import CaptionText, TagText, apply_weights, read_caption, read_tags
-from service.tipo.tags import CLASSIFY_KEYS, TagIndex, classify
-from service.tipo.template import Segments, build_prompt, build_prompt_segments
-
-
-@dataclass(frozen=True)
-class TipoRequest:
-    """One request. Defaults are the ComfyUI TIPO node's widget defaults."""
-
-    tags: str = ""
-    nl_prompt: str = ""
-    width: int = 1024
-    height: int = 1024
-    tag_length: str = "long"
-    nl_length: str = "long"
-    ban_tags: tuple[str, ...] = ()  # entries (a ban text box string is split on commas)
-    format: str = DEFAULT_FORMAT_NAME  # a preset name or a template
-    seed: int | None = 1234  # 0 or None: a random seed (reported in the result)
-    temperature: float = 0.5
-    top_p: float = 0.95
-    top_k: int = 80
-    min_p: float = 0.05
-    max_new_tokens: int = 512
-    operation: str | None = None  # a single operation (SINGLE_OPERATIONS) instead of the full plan
-    profile: str = "fixed"
-    # Which reference front end to reproduce: the ComfyUI node (four strings) or the SD-WebUI script
-    # (one string; min_p not passed, so kgen's 0.1; BREAK kept; extra networks re-appended).
-    frontend: Literal["comfy", "webui"] = "comfy"
-    # Reference backend emulation, only to replay vectors recorded with transformers: the model text
-    # is "<s> " + prompt + completion + "</s>" and the RNG is re-seeded before each call.
-    backend: Literal["llama_cpp", "transformers"] = "llama_cpp"
-    aspect_ratio: float | None = None  # overrides width / height (the WebUI passes the ratio)
-    no_formatting: bool = False  # WebUI "No formatting": return the unformatted prompt
-
+from service.tipo.tags import CLASSIFY_KEYS, TagIndex
+from service.tipo.template import Segments, build_prompt_segments
 
 @dataclass(frozen=True)
 class ModelCall:
@@ -120,12 +87,21 @@ class TipoResult:
     captions: dict[str, str]  # "extended" (user NL continued) and "generated" (model-written)
     seed: int  # the seed that seeded the request's RNG
     calls: list[CallRecord] = field(default_factory=list)
+    context_ends: int = 0  # passes ended because the next prompt did not fit the model's context
     full_map: dict | None = None  # single operation: the node's full output (weights applied)
     addon_map: dict | None = None  # single operation: the node's addon output
 
 
 class RunnerStateError(RuntimeError):
-    """next_call / feed / result called out of order."""
+    """next_call / feed / context_full / result called out of order."""
+
+
+class _DidNotFit:
+    """Sent to `run_tipo` instead of a completion: the engine cannot take the call (its prompt leaves no
+    room in the model's context)."""
+
+
+DID_NOT_FIT = _DidNotFit()
 
 
 def choose_seed(request: TipoRequest) -> int:
@@ -136,151 +112,21 @@ def choose_seed(request: TipoRequest) -> int:
     return seed or secrets.randbelow(SEED_SPACE + 1)
 
 
-class TipoRunner:
-    """Drives one request: ask `next_call()`, answer with `feed(completion)`, until it returns None.
+@dataclass(frozen=True)
+class Job:
+    """A request read, checked and planned: everything `run_tipo` needs."""
 
-    Construction reads and validates the request (ValueError, InvalidBanTag, ReferenceFailure);
-    `feed` may raise ReferenceFailure in the kgen profile where the reference crashes mid-run.
-    """
+    request: TipoRequest
+    profile: Profile
+    index: TagIndex
+    ban: BanList
+    template: str
+    seed: int
+    user: frontends.UserInput
+    plan: Plan
+    user_prompt: str  # the ComfyUI node's user_prompt (computed before the model runs, as the node does)
 
-    def __init__(self, request: TipoRequest, index: TagIndex, compile_pattern=None):
-        # compile_pattern: how ban entries are compiled (BanList.of; default re.compile).
-        if request.frontend not in ("comfy", "webui"):
-            raise ValueError(f"unknown frontend {request.frontend!r}")
-        if request.backend not in ("llama_cpp", "transformers"):
-            raise ValueError(f"unknown backend {request.backend!r}")
-        if request.operation is not None and request.frontend != "comfy":
-            raise ValueError("single operations exist only in the ComfyUI front end")
-        self.request = request
-        self.profile: Profile = get_profile(request.profile)
-        self.index = index
-        # Entries as the front ends split them (a plain string is split the same way).
-        ban_entries = split_ban_text(request.ban_tags) if isinstance(request.ban_tags, str) else request.ban_tags
-        self.ban = BanList.of((entry.strip() for entry in ban_entries if entry.strip()), compile_pattern)
-        self.template = resolve_format(request.format, self.profile)
-        self.seed = choose_seed(request)
-        self._rng = random.Random(self.seed)
-        self.calls: list[CallRecord] = []
-        self.context_ends = 0  # passes ended because the next prompt did not fit (context_full)
-
-        self._read_input()
-        self._plan = self._make_plan()
-        # The ComfyUI node formats the user's input before running the model (so it fails first).
-        self._user_prompt_text = ""
-        if request.frontend == "comfy" and request.operation is None:
-            self._user_prompt_text = self._user_prompt(self._plan.meta, self._plan.general, self.tag_length)
-
-        self._operation_index = 0
-        self._general = self._plan.general  # input of the current operation
-        self._nl = self._plan.nl
-        self._pending: ModelCall | None = None
-        self._parsed: dict | None = None
-        self._result: TipoResult | None = None
-        if self._plan.operations:
-            self._start_operation()
-        else:
-            self._finish({})  # nothing to ask the model (possible with the planner's flags)
-
-    # --- input ------------------------------------------------------------------------------------
-
-    def _read_input(self) -> None:
-        request, profile = self.request, self.profile
-        self.extras_suffix = ""  # WebUI: extra networks re-appended at the end
-        if request.frontend == "webui" and profile.naive_prompt_syntax:
-            tag_source = request.tags.strip()
-            tag_source, self.extras_suffix = webui.cut_extra_networks(tag_source)
-            self.user_tags_text = tag_source
-            self.webui_tags = webui.read_webui_tags(tag_source)
-            self.tag_text = TagText(self.webui_tags.tags, self.webui_tags.weights, [])
-        else:
-            self.user_tags_text = request.tags.strip() if request.frontend == "webui" else request.tags
-            self.tag_text = read_tags(self.user_tags_text, profile)
-            self.webui_tags = None
-        self.caption_text: CaptionText = read_caption(request.nl_prompt, profile)
-        nl = self.caption_text.text
-        if not profile.blank_nl_counts_as_given and not nl.strip():
-            nl = ""
-        self.nl = nl
-        self.user_map = classify(self.tag_text.tags, self.index)
-
-    def _make_plan(self) -> Plan:
-        request = self.request
-        tag_length = request.tag_length.replace(" ", "_")
-        nl_length = request.nl_length.replace(" ", "_")
-        for name, value in (("tag_length", tag_length), ("nl_length", nl_length)):
-            if value not in LENGTHS:
-                raise ValueError(f"unknown {name} {value!r}; use one of {list(LENGTHS)}")
-        self.tag_length = tag_length
-        if request.operation is not None:
-            plan = plan_single_operation(
-                self.user_map, self.nl, request.operation, tag_length=tag_length, nl_length=nl_length
-            )
-        else:
-            wants_caption = (not self.nl and "<|extended|>" in self.template) or "<|generated|>" in self.template
-            plan = plan_request(
-                self.user_map, self.nl, extra_caption=wants_caption, tag_length=tag_length, nl_length=nl_length
-            )
-        plan.meta["aspect_ratio"] = f"{self._aspect_ratio():.1f}"
-        return plan
-
-    def _aspect_ratio(self) -> float:
-        if self.request.aspect_ratio is not None:
-            return self.request.aspect_ratio
-        if self.request.height <= 0:
-            raise ValueError("height must be positive")
-        return self.request.width / self.request.height
-
-    def _user_prompt(self, meta: dict, general: str, length: str) -> str:
-        """The node's user_prompt: the user's own input written as a TIPO document (no model),
-        parsed back and formatted like the result."""
-        document = build_prompt(meta, general, self.nl, "short_to_tag_to_long", length, True, gen_meta=True,
-                                raw_user_text=self.profile.raw_user_text)
-        user_map = parse_output(document, self.index, self.profile)
-        weighted = apply_weights(user_map, self.tag_text, self.caption_text, self.profile)
-        return self._with_extras(apply_format(weighted, self.template, self.profile))
-
-    def _with_extras(self, prompt: str) -> str:
-        """fixed: extra networks and prompt-editing tokens the user wrote are re-appended verbatim."""
-        if not self.tag_text.extras:
-            return prompt
-        return prompt + "\n" + ", ".join(self.tag_text.extras)
-
-    # --- the state machine --------------------------------------------------------------------------
-
-    @property
-    def done(self) -> bool:
-        return self._result is not None
-
-    @property
-    def operation(self) -> Operation:
-        return self._plan.operations[self._operation_index]
-
-    def _start_operation(self) -> None:
-        self._op_seed = self._rng.randint(0, SEED_SPACE)
-        self._attempt = 0
-        self._seen_outputs: set[str] = set()
-        self._same_output_count = 0
-        self._attempt_general = self._general
-        self._attempt_nl = self._nl
-
-    def next_call(self) -> ModelCall | None:
-        """The next model call, or None when the request is complete. Repeats until fed."""
-        if self.done:
-            return None
-        if self._pending is None:
-            op = self.operation
-            segments = build_prompt_segments(
-                self._plan.meta, self._attempt_general, self._attempt_nl, op.mode, op.length, op.expand,
-                raw_user_text=self.profile.raw_user_text,
-            )
-            prompt = "".join(text for text, _ in segments)
-            model_seed = self._op_seed + self._attempt
-            if self.request.backend == "transformers":
-                self._rng.seed(model_seed % SEED_SPACE)  # transformers.set_seed re-seeds Python's random
-            self._pending = ModelCall(prompt, self._sampling(model_seed), segments)
-        return self._pending
-
-    def _sampling(self, seed: int) -> Sampling:
+    def sampling(self, seed: int) -> Sampling:
         request = self.request
         return Sampling(
             temperature=request.temperature,
@@ -291,158 +137,180 @@ class TipoRunner:
             seed=seed,
         )
 
-    def feed(self, completion: str) -> None:
-        """The text the model appended to the pending call's prompt."""
-        call = self._pending
-        if call is None:
-            raise RunnerStateError("feed() without a pending call (call next_call() first)")
-        self._pending = None
-        op = self.operation
-        self.calls.append(CallRecord(call.prompt, call.sampling, completion, op, self._attempt))
-
-        if self.request.backend == "transformers":
-            text = "<s> " + call.prompt + completion + "</s>"
-        else:
-            text = call.prompt + completion  # llama.cpp: prompt + completion
-        parsed = parse_output(text, self.index, self.profile)
-        parsed = postprocess(
-            parsed, self._attempt_general, self._attempt_nl, op.mode, op.length, self.ban, self._rng, self.profile
-        )
-        self._parsed = parsed
-
-        if meets_target(parsed, op.target, op.length):
-            self._finish_operation()
-            return
-        self._attempt += 1
-        if text in self._seen_outputs:
-            self._same_output_count += 1
-        else:
-            self._same_output_count = 0
-            self._seen_outputs.add(text)
-        # Iterative growth: the next attempt continues from everything produced so far.
-        if self.profile.caption_retry_discards or op.expand:
-            next_nl = parsed.get("extended", "") or parsed.get("generated", "") or self._attempt_nl
-        else:
-            # fixed: a fill-mode retry re-rolls the caption instead of re-sending it (which the
-            # parser would ignore, REFERENCE.md §7-14).
-            next_nl = parsed.get("extended", "") or self._attempt_nl
-        self._attempt_nl = self._carried_caption(next_nl.strip())
-        self._attempt_general = general_from_tags_for_retry(parsed)
-        if self._attempt > MAX_RETRIES or self._same_output_count >= MAX_SAME_OUTPUT:
-            self._finish_operation()
-
-    def context_full(self) -> None:
-        """The engine cannot take the pending call: its prompt leaves no room in the model's context.
-
-        Only the runner's own retries and later passes make a prompt longer than the user's input,
-        so the pass ends with what it has, as if its length target were met (both profiles: the
-        reference would send the longer prompt, which a 1k-context engine cannot take). The first
-        call holds nothing but the user's input: there is nothing to end with (RunnerStateError).
-        """
-        if self._pending is None:
-            raise RunnerStateError("context_full() without a pending call")
-        if self._parsed is None:
-            raise RunnerStateError("the first model call does not fit the context: the input is too long")
-        self._pending = None
-        self.context_ends += 1
-        self._finish_operation()
-
-    def _carried_caption(self, caption: str) -> str:
+    def carried_caption(self, caption: str) -> str:
         """fixed: a caption fed back to the model ends its last sentence, so the model does not
         continue a sentence that was finished (kgen re-joins sentences without the final period)."""
         return caption if self.profile.lose_final_period else with_final_period(caption)
 
-    def _finish_operation(self) -> None:
-        parsed = self._parsed
-        if self._operation_index < len(self._plan.operations) - 1:
-            self._general, nl = carry_over(parsed, self._nl)
-            self._nl = self._carried_caption(nl)
-            self._operation_index += 1
-            self._start_operation()
-        else:
-            self._finish(parsed)
 
-    # --- output ----------------------------------------------------------------------------------------
+def prepare(request: TipoRequest, index: TagIndex, compile_pattern: Callable | None = None) -> Job:
+    """Read, check and plan a request. Input errors (`InputError`: unknown format, invalid ban regex, an
+    input the reference crashes on in profile kgen) are raised here. `compile_pattern`: how ban entries
+    are compiled (BanList.of; default re.compile)."""
+    profile = get_profile(request.profile)
+    ban = BanList.of(request.ban_tags, compile_pattern)
+    template = resolve_format(request.format, profile)
+    user = frontends.read_input(request, profile, index)
+    if request.operation is not None:
+        plan = plan_single_operation(user.user_map, user.nl, request.operation, tag_length=request.tag_length,
+                                     nl_length=request.nl_length)
+    else:
+        wants_caption = (not user.nl and "<|extended|>" in template) or "<|generated|>" in template
+        plan = plan_request(user.user_map, user.nl, extra_caption=wants_caption, tag_length=request.tag_length,
+                            nl_length=request.nl_length)
+    plan.meta["aspect_ratio"] = f"{request.ratio:.1f}"
+    # The ComfyUI node formats the user's input before running the model (so it fails first).
+    user_prompt = ""
+    if request.frontend == "comfy" and request.operation is None:
+        user_prompt = frontends.user_prompt(user, plan.meta, plan.general, request.tag_length, template, profile,
+                                            index)
+    return Job(request, profile, index, ban, template, choose_seed(request), user, plan, user_prompt)
+
+
+def run_tipo(job: Job) -> Generator[ModelCall, str | _DidNotFit, TipoResult]:
+    """Yield each model call; be sent its completion (only what the model appended) or DID_NOT_FIT;
+    return the result."""
+    request, profile, plan = job.request, job.profile, job.plan
+    rng = random.Random(job.seed)
+    calls: list[CallRecord] = []
+    context_ends = 0  # passes ended because the next prompt did not fit the context
+    general, nl = plan.general, plan.nl  # what the current pass starts from
+    parsed: dict = {}  # the latest answer, parsed and post-processed
+
+    for number, op in enumerate(plan.operations):
+        op_seed = rng.randint(0, SEED_SPACE)
+        attempt_general, attempt_nl = general, nl
+        seen: set[str] = set()
+        same_in_a_row = 0
+        for attempt in range(MAX_RETRIES + 1):
+            segments = build_prompt_segments(plan.meta, attempt_general, attempt_nl, op.mode, op.length, op.expand,
+                                             raw_user_text=profile.raw_user_text)
+            prompt = "".join(text for text, _ in segments)
+            if request.backend == "transformers":
+                rng.seed((op_seed + attempt) % SEED_SPACE)  # transformers.set_seed re-seeds Python's random
+            call = ModelCall(prompt, job.sampling(op_seed + attempt), segments)
+            completion = yield call
+            if completion is DID_NOT_FIT:
+                # Only retries and later passes outgrow the user's input: end the pass with what it has,
+                # as if its target were met (the reference would send a prompt a 1k context cannot take).
+                context_ends += 1
+                break
+            calls.append(CallRecord(prompt, call.sampling, completion, op, attempt))
+
+            if request.backend == "transformers":
+                text = "<s> " + prompt + completion + "</s>"
+            else:
+                text = prompt + completion  # llama.cpp: prompt + completion
+            parsed = parse_output(text, job.index, profile)
+            parsed = postprocess(parsed, attempt_general, attempt_nl, op.mode, op.length, job.ban, rng, profile)
+            if meets_target(parsed, op.target, op.length):
+                break
+            same_in_a_row = same_in_a_row + 1 if text in seen else 0
+            seen.add(text)
+            # Iterative growth: the next attempt continues from everything produced so far.
+            if profile.caption_retry_discards or op.expand:
+                next_nl = parsed.get("extended", "") or parsed.get("generated", "") or attempt_nl
+            else:
+                # fixed: a fill-mode retry re-rolls the caption instead of re-sending it (which the
+                # parser would ignore, REFERENCE.md §7-14).
+                next_nl = parsed.get("extended", "") or attempt_nl
+            attempt_nl = job.carried_caption(next_nl.strip())
+            attempt_general = general_from_tags_for_retry(parsed)
+            if same_in_a_row >= MAX_SAME_OUTPUT:
+                break
+
+        if number < len(plan.operations) - 1:
+            general, nl = carry_over(parsed, nl)
+            nl = job.carried_caption(nl)
+
+    return finish(job, parsed, calls, context_ends)
+
+
+def finish(job: Job, final_map: dict, calls: list[CallRecord], context_ends: int = 0) -> TipoResult:
+    """The result: the last pass's tags and captions, written as the request's front end does."""
+    request, profile, user = job.request, job.profile, job.user
+    final_map = dict(final_map)
+    if not profile.lose_final_period:
+        for key in CAPTION_KEYS:
+            if isinstance(final_map.get(key), str):
+                final_map[key] = with_final_period(final_map[key])
+    addon = addon_of(final_map, user.user_map, profile)
+    full_map = addon_map = None
+    if request.frontend == "webui":
+        outputs = frontends.webui_outputs(user, request, final_map, addon.tags, addon.nl, job.template, profile)
+    elif request.operation is not None:
+        full_map, addon_map = frontends.operation_maps(user, request, final_map, addon.tags, addon.nl, profile)
+        outputs = frontends.operation_strings(user, full_map, addon_map["tags"], addon_map["nl"], job.template,
+                                              profile, job.index)
+    else:
+        outputs = frontends.node_outputs(user, final_map, addon.tags, addon.nl, job.template, profile,
+                                         job.user_prompt)
+    return TipoResult(
+        **asdict(outputs),
+        tags={category: list(final_map.get(category, [])) for category in CLASSIFY_KEYS},
+        new_tags=list(addon.tags),
+        captions={key: final_map.get(key, "") for key in CAPTION_KEYS},
+        seed=job.seed,
+        calls=calls,
+        context_ends=context_ends,
+        full_map=full_map,
+        addon_map=addon_map,
+    )
+
+
+class TipoRunner:
+    """`run_tipo` behind a pull interface: ask `next_call()` (it repeats until answered), answer with
+    `feed(completion)` or `context_full()`, until `next_call()` is None; then `result()`.
+
+    Construction reads and checks the request (`InputError`)."""
+
+    def __init__(self, request: TipoRequest, index: TagIndex, compile_pattern: Callable | None = None):
+        job = prepare(request, index, compile_pattern)
+        self.seed = job.seed
+        self._run = run_tipo(job)
+        self._fed = 0
+        self._pending: ModelCall | None = None
+        self._asked = False  # next_call() handed out the pending call: it may be answered
+        self._result: TipoResult | None = None
+        self._advance(None)
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    @property
+    def context_ends(self) -> int:
+        return self.result().context_ends
+
+    def next_call(self) -> ModelCall | None:
+        """The next model call, or None when the request is complete. Repeats until fed."""
+        self._asked = self._pending is not None
+        return self._pending
+
+    def feed(self, completion: str) -> None:
+        """The text the model appended to the pending call's prompt."""
+        if not self._asked:
+            raise RunnerStateError("feed() without a pending call (call next_call() first)")
+        self._fed += 1
+        self._advance(completion)
+
+    def context_full(self) -> None:
+        """The engine cannot take the pending call. The first call holds nothing but the user's input:
+        there is nothing to end the pass with (RunnerStateError)."""
+        if not self._asked:
+            raise RunnerStateError("context_full() without a pending call")
+        if not self._fed:
+            raise RunnerStateError("the first model call does not fit the context: the input is too long")
+        self._advance(DID_NOT_FIT)
 
     def result(self) -> TipoResult:
         if self._result is None:
             raise RunnerStateError("the request is not complete (next_call() is not None yet)")
         return self._result
 
-    def _finish(self, final_map: dict) -> None:
-        profile = self.profile
-        final_map = dict(final_map)
-        if not profile.lose_final_period:
-            for key in CAPTION_KEYS:
-                if isinstance(final_map.get(key), str):
-                    final_map[key] = with_final_period(final_map[key])
-        addon = addon_of(final_map, self.user_map, profile)
-        if self.request.frontend == "webui":
-            outputs = self._webui_outputs(final_map, addon)
-            full_map = addon_map = None
-        elif self.request.operation is not None:
-            outputs, full_map, addon_map = self._operation_outputs(final_map, addon)
-        else:
-            outputs = self._node_outputs(final_map, addon)
-            full_map = addon_map = None
-        self._result = TipoResult(
-            prompt=outputs.prompt,
-            user_prompt=outputs.user_prompt,
-            unformatted_prompt=outputs.unformatted_prompt,
-            unformatted_user_prompt=outputs.unformatted_user_prompt,
-            tags={category: list(final_map.get(category, [])) for category in CLASSIFY_KEYS},
-            new_tags=list(addon.tags),
-            captions={key: final_map.get(key, "") for key in CAPTION_KEYS},
-            seed=self.seed,
-            calls=list(self.calls),
-            full_map=full_map,
-            addon_map=addon_map,
-        )
-
-    def _weighted(self, tag_map: dict) -> dict:
-        return apply_weights(tag_map, self.tag_text, self.caption_text, self.profile)
-
-    def _node_outputs(self, final_map: dict, addon) -> NodeOutputs:
-        """The TIPO node's four strings (docs/REFERENCE.md §4.4)."""
-        new_tags = self._weighted({"tags": addon.tags, "nl": addon.nl})
-        return NodeOutputs(
-            prompt=self._with_extras(apply_format(self._weighted(final_map), self.template, self.profile)),
-            user_prompt=self._user_prompt_text,
-            unformatted_prompt=unformatted(self.request.tags, new_tags["tags"], new_tags["nl"], self.profile),
-            unformatted_user_prompt=self.request.tags + self.caption_text.text,
-        )
-
-    def _operation_outputs(self, final_map: dict, addon) -> tuple[NodeOutputs, dict, dict]:
-        """The TIPO Single Operation node's maps, and the four strings its TIPO Format node would make."""
-        full_map = self._weighted(final_map)
-        addon_map = self._weighted({"tags": addon.tags, "nl": addon.nl})
-        addon_map["user_tags"] = self.request.tags
-        addon_map["user_nl"] = self.request.nl_prompt
-        # TIPO Format writes the user's own prompt with default lengths and no aspect ratio.
-        plan = plan_request(self.user_map, self.nl)
-        outputs = NodeOutputs(
-            prompt=self._with_extras(apply_format(full_map, self.template, self.profile)),
-            user_prompt=self._user_prompt(plan.meta, plan.general, DEFAULT_LENGTH),
-            unformatted_prompt=unformatted(self.request.tags, addon_map["tags"], addon_map["nl"], self.profile),
-            unformatted_user_prompt=self.request.tags + self.caption_text.text,
-        )
-        return outputs, full_map, addon_map
-
-    def _webui_outputs(self, final_map: dict, addon) -> NodeOutputs:
-        """The WebUI script's single string, in `prompt` (and the unformatted one in unformatted_prompt)."""
-        if self.webui_tags is not None:  # kgen: the script's own weighting, bugs included
-            weigh = lambda tag_map: webui.apply_webui_weights(tag_map, self.webui_tags, self.caption_text.weighted)  # noqa: E731
-            extras = self.extras_suffix
-        else:
-            weigh = self._weighted
-            extras = "".join(f" {token}" for token in self.tag_text.extras)
-        new_tags = weigh({"tags": addon.tags, "nl": addon.nl})
-        unformatted_prompt = unformatted(self.user_tags_text, new_tags["tags"], new_tags["nl"], self.profile)
-        formatted = apply_format(weigh(final_map), self.template, self.profile).replace("BREAK,", "BREAK")
-        final = unformatted_prompt if self.request.no_formatting else formatted
-        return NodeOutputs(
-            prompt=final + "\n" + extras,
-            user_prompt="",
-            unformatted_prompt=unformatted_prompt,
-            unformatted_user_prompt=self.user_tags_text + self.caption_text.text,
-        )
+    def _advance(self, answer) -> None:
+        self._asked = False
+        try:
+            self._pending = self._run.send(answer)
+        except StopIteration as finished:
+            self._pending, self._result = None, finished.value

@@ -133,7 +133,7 @@ def _append_text(runs: list[list], text: str) -> None:
 # sees them as plain text. User input never keeps them (they are removed first).
 _PROTECTED_MARK = "\ue001"
 _BREAK_MARK = "\ue000"
-_EXTRA_NETWORK = re.compile(r"<\w+:[^>]+>")  # A1111's extra-network pattern
+EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")  # A1111's extra-network token: <name:args>
 _BREAK_WORD = re.compile(r"(?<!\w)BREAK(?!\w)")
 _EDIT_WHEN = re.compile(r":\s*[+-]?[\d.]+\s*$")  # `[A:B:0.5]`, `[B:5]`: ends in `:number`
 _GROUP_WEIGHT = re.compile(r":\s*[+-]?[.\d]+\s*$")  # `(x:1.2)`: ends in `:number`
@@ -156,12 +156,7 @@ def _match_brackets(text: str) -> dict[int, int]:
     closing = {"(": ")", "[": "]"}
     matches: dict[int, int] = {}
     open_groups: list[int] = []
-    i = 0
-    while i < len(text):
-        char = text[i]
-        if char == "\\":
-            i += 2
-            continue
+    for i, char in _unescaped(text):
         if char in closing:
             open_groups.append(i)
         elif char in ")]" and open_groups:
@@ -169,26 +164,48 @@ def _match_brackets(text: str) -> dict[int, int]:
                 matches[open_groups.pop()] = i
             else:
                 open_groups.clear()
-        i += 1
     return matches
+
+
+def _unescaped(text: str):
+    """(index, character) of every character that is not part of a `\\x` escape: the one bracket scanner
+    (_match_brackets, _top_level_chars, bracket_depth)."""
+    i = 0
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        yield i, text[i]
+        i += 1
 
 
 def _top_level_chars(inner: str) -> str:
     """The characters of `inner` outside nested brackets, escapes removed."""
-    kept, depth, i = [], 0, 0
-    while i < len(inner):
-        char = inner[i]
-        if char == "\\":
-            i += 2
-            continue
+    kept, depth = [], 0
+    for _, char in _unescaped(inner):
         if char in "([":
             depth += 1
         elif char in ")]" and depth:
             depth -= 1
         elif depth == 0:
             kept.append(char)
-        i += 1
     return "".join(kept)
+
+
+def bracket_depth(text: str) -> int:
+    """Deepest nesting of `(` and `[` together, as the A1111 grammar sees it: `\\(` is escaped, a
+    closing bracket without an open one is text, and brackets never closed still count (the grammar's
+    work grows with text length x this depth: the server bounds it)."""
+    open_count = {"(": 0, "[": 0}
+    opener = {")": "(", "]": "["}
+    deepest = 0
+    for _, char in _unescaped(text):
+        if char in open_count:
+            open_count[char] += 1
+            deepest = max(deepest, open_count["("] + open_count["["])
+        elif char in opener and open_count[opener[char]]:
+            open_count[opener[char]] -= 1
+    return deepest
 
 
 def _is_prompt_editing(group: str) -> bool:
@@ -229,7 +246,7 @@ def _protect(text: str, *, for_tags: bool) -> _Protected:
             piece_has_text = True
             i += 2
             continue
-        if char == "<" and (m := _EXTRA_NETWORK.match(text, i)):
+        if char == "<" and (m := EXTRA_NETWORK.match(text, i)):
             out.append(mark)
             tokens.append(m.group(0))
             is_extra_network.append(True)
@@ -264,7 +281,7 @@ def _protect(text: str, *, for_tags: bool) -> _Protected:
                 and group
                 and piece_has_text
                 and not _GROUP_WEIGHT.search(group[1:-1])
-                and not _EXTRA_NETWORK.search(group)
+                and not EXTRA_NETWORK.search(group)
                 and not _BREAK_WORD.search(group)
             ):
                 out.append(_escape_all_parens(group))  # a qualifier: literal parentheses
@@ -304,7 +321,7 @@ class TagText:
 def read_tags(text: str, profile: Profile) -> TagText:
     """Tags of the tag box: each run stripped and split on commas, pieces stripped, empties dropped."""
     if profile.naive_prompt_syntax:
-        return _read_tags_like_node(text)
+        return read_tags_like_reference(text)
     return _read_tags_fixed(text)
 
 
@@ -312,16 +329,24 @@ def _split_run(chunk: str) -> list[str]:
     return [piece.strip() for piece in chunk.strip().split(",") if piece.strip()]
 
 
-def _read_tags_like_node(text: str) -> TagText:
+def read_tags_like_reference(text: str, *, break_marks_previous_tag: bool = False) -> TagText:
+    """The reference's loop over the emphasis runs. The ComfyUI node keeps `BREAK` as a tag weighted -1;
+    the SD-WebUI script (`break_marks_previous_tag`) records the tag before it in `breaks_after`."""
     tags: list[str] = []
     weights: dict[str, float] = {}
+    breaks_after: list[str] = []
     for chunk, weight in parse_attention(text):
         pieces = _split_run(chunk)
+        if break_marks_previous_tag and chunk == "BREAK" and weight == BREAK_WEIGHT:
+            if not tags:
+                raise ReferenceFailure("WebUI: BREAK before any tag (the reference crashes with IndexError)")
+            breaks_after.append(tags[-1])
+            continue
         tags.extend(pieces)
         if weight != 1:
             for tag in pieces:
                 weights[tag] = weight
-    return TagText(tags=tags, weights=weights, extras=[])
+    return TagText(tags=tags, weights=weights, extras=[], breaks_after=breaks_after)
 
 
 def _read_tags_fixed(text: str) -> TagText:
@@ -410,19 +435,17 @@ def _escape_literal(text: str) -> str:
     return re.sub(r"([\\()\[\]])", r"\\\1", text)
 
 
-def _weave_like_node(text: str, weighted: list[tuple[str, float]]) -> str:
-    """The node's NL weighting: each weighted part, found in order, becomes `(part:w)`.
-
-    A part that is empty or not found after the previous one raises ValueError, as in the node.
-    """
+def weave_like_reference(text: str, weighted: list[tuple[str, float]]) -> str:
+    """The front ends' caption weighting: each weighted part, found in order, becomes `(part:w)`; the
+    rest after the last part stays unescaped. A part that is empty or not found after the previous one
+    crashes the reference (ValueError from `str.split`): `ReferenceFailure`."""
     out: list[str] = []
     rest = text
     for part, weight in weighted:
-        if not part:
-            raise ValueError("empty separator")
-        before, found, rest_after = rest.partition(part)
+        before, found, rest_after = rest.partition(part) if part else (rest, "", "")
         if not found:
-            raise ValueError(f"weighted caption part {part!r} not found in order")
+            raise ReferenceFailure(f"caption weights: weighted caption part {part!r} cannot be placed in order "
+                                   "(the reference crashes with ValueError)")
         out.append(escape_tag(before) + f"({escape_tag(part)}:{weight})")
         rest = rest_after
     return "".join(out) + rest
@@ -488,13 +511,8 @@ def _apply_weights_like_node(tag_map: dict, tags: TagText, caption: CaptionText)
     for key, value in tag_map.items():
         if isinstance(value, str):
             if all(part in value for part, _ in caption.weighted):
-                try:
-                    _weave_like_node(value, caption.weighted)
-                except ValueError as error:
-                    raise ReferenceFailure(
-                        f"caption weights: {error} (the reference crashes with ValueError)"
-                    ) from None
-            result[key] = value  # the node computes the weighted caption and discards it
+                weave_like_reference(value, caption.weighted)  # the node computes it (and may crash), then drops it
+            result[key] = value
         elif isinstance(value, list):
             result[key] = [
                 f"({escape_tag(tag)}:{tags.weights[tag]})" if tag in tags.weights else escape_tag(tag)

@@ -9,12 +9,9 @@ string: the formatted prompt (or the unformatted one), a newline, the extra-netw
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from service.tipo.profile import ReferenceFailure
-from service.tipo.syntax import BREAK_WEIGHT, escape_tag, parse_attention
-
-EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")  # A1111's extra-network token
+from service.tipo.syntax import EXTRA_NETWORK, TagText, escape_tag, weave_like_reference
 
 
 def cut_extra_networks(text: str) -> tuple[str, str]:
@@ -30,35 +27,7 @@ def cut_extra_networks(text: str) -> tuple[str, str]:
     return remaining, rebuilt
 
 
-@dataclass
-class WebuiTags:
-    tags: list[str]
-    weights: dict[str, float]
-    breaks_after: set[str] = field(default_factory=set)
-
-
-def read_webui_tags(text: str) -> WebuiTags:
-    """The script's loop over the emphasis runs: a `BREAK` run marks the tag before it."""
-    tags: list[str] = []
-    weights: dict[str, float] = {}
-    breaks_after: set[str] = set()
-    for chunk, weight in parse_attention(text):
-        pieces = [piece.strip() for piece in chunk.strip().split(",") if piece.strip()]
-        if chunk == "BREAK" and weight == BREAK_WEIGHT:
-            if not tags:
-                raise ReferenceFailure("WebUI: BREAK before any tag (the reference crashes with IndexError)")
-            breaks_after.add(tags[-1])
-            continue
-        tags.extend(pieces)
-        if weight != 1:
-            for tag in pieces:
-                weights[tag] = weight
-    return WebuiTags(tags, weights, breaks_after)
-
-
-def apply_webui_weights(
-    tag_map: dict, tags: WebuiTags, caption_weighted: list[tuple[str, float]]
-) -> dict:
+def apply_webui_weights(tag_map: dict, tags: TagText, caption_weighted: list[tuple[str, float]]) -> dict:
     """The script's `apply_strength`, bugs included (kgen profile).
 
     A caption whose weighted parts are not all present gets the text computed for the previous
@@ -69,7 +38,7 @@ def apply_webui_weights(
     for key, value in tag_map.items():
         if isinstance(value, str):
             if all(part in value for part, _ in caption_weighted):
-                previous_caption = _weave(value, caption_weighted)
+                previous_caption = weave_like_reference(value, caption_weighted)
             elif previous_caption is None:
                 raise ReferenceFailure(
                     "WebUI: a weighted part of the caption is missing from the output caption "
@@ -85,16 +54,3 @@ def apply_webui_weights(
                 written.append("BREAK")
         result[key] = written
     return result
-
-
-def _weave(text: str, caption_weighted: list[tuple[str, float]]) -> str:
-    out = ""
-    rest = text
-    for part, weight in caption_weighted:
-        if not part or part not in rest:
-            raise ReferenceFailure(
-                f"WebUI: weighted caption part {part!r} cannot be placed (the reference crashes with ValueError)"
-            )
-        before, rest = rest.split(part, 1)
-        out += escape_tag(before) + f"({escape_tag(part)}:{weight})"
-    return out + rest  # the reference leaves the rest unescaped

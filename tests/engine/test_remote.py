@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
 from service.engine.base import EngineError, EngineUnavailable, Sampling
@@ -31,6 +32,7 @@ class Script:
     fail_with: list[int] = field(default_factory=list)  # statuses for the next requests, popped in order
     delay_s: float = 0.0  # wait before answering (timeouts)
     hold: threading.Event | None = None  # wait for this before answering (aborts)
+    break_stream_after: int | None = None  # close the connection after this many stream pieces (body cut short)
     received: list[dict] = field(default_factory=list)  # {"path", "headers", "body"} of every request
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -42,7 +44,9 @@ def make_handler(script: Script):
 
         def _record(self, body: dict | None) -> None:
             with script.lock:
-                script.received.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                # Header names are case-insensitive (the openai client sends them in lower case).
+                headers = httpx.Headers(self.headers.items())
+                script.received.append({"path": self.path, "headers": headers, "body": body})
 
         def _json(self, status: int, data: dict) -> None:
             payload = json.dumps(data).encode()
@@ -77,6 +81,8 @@ def make_handler(script: Script):
             if body.get("stream"):
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
+                if script.break_stream_after is not None:
+                    self.send_header("Content-Length", "100000")  # more than is sent: the body is cut short
                 self.end_headers()
                 # Like vLLM's server: the last piece carries the finish reason, then the usage event.
                 for number, piece in enumerate(STREAM_PIECES, 1):
@@ -84,6 +90,8 @@ def make_handler(script: Script):
                     event = {"choices": [{"index": 0, "text": piece, "finish_reason": reason}]}
                     self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
                     self.wfile.flush()
+                    if number == script.break_stream_after:
+                        return
                 if (body.get("stream_options") or {}).get("include_usage"):
                     usage = {"prompt_tokens": 11, "completion_tokens": len(STREAM_PIECES), "total_tokens": 14}
                     self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
@@ -132,6 +140,7 @@ async def test_completion_with_all_tipo_sampling_fields(server):
     request = server.received[-1]
     assert request["path"] == "/v1/completions"
     assert request["headers"]["X-Request-Id"] == "req-1"
+    assert "Authorization" not in request["headers"]  # no key configured: no Authorization header at all
     body = request["body"]
     assert body["model"] == "tipo-fake" and body["prompt"] == "target: <|long|>\ntag: 1girl"
     assert {k: body[k] for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "repeat_penalty",
@@ -165,6 +174,16 @@ async def test_retries_give_up_with_a_clear_error(server):
     with pytest.raises(EngineError, match=r"failed after 2 attempt\(s\): HTTP 500"):
         await engine.generate("p", SAMPLING, "give-up")
     await engine.shutdown()
+    assert len(server.received) == 2
+
+
+async def test_rate_limits_are_retried(server):
+    # The openai client retries 408/409/429 too: for a vLLM upstream (or its proxy) they mean "busy".
+    server.fail_with = [429]
+    engine = remote(server.url, remote_model="m", remote_retries=1)
+    completion = await engine.generate("p", SAMPLING, "busy")
+    await engine.shutdown()
+    assert completion.text == " answer for seed 1234"
     assert len(server.received) == 2
 
 
@@ -219,6 +238,18 @@ async def test_stream_retries_before_the_first_piece(server):
     await engine.shutdown()
     assert [piece.text for piece in pieces if piece.text] == STREAM_PIECES
     assert len(server.received) == 2
+
+
+async def test_a_started_stream_is_never_retried(server):
+    server.break_stream_after = 1
+    engine = remote(server.url, remote_model="m", remote_retries=2)
+    pieces = []
+    with pytest.raises(EngineError, match="stream broke after it started"):
+        async for piece in engine.generate_stream("p", SAMPLING, "stream-broken"):
+            pieces.append(piece)
+    await engine.shutdown()
+    assert [piece.text for piece in pieces] == STREAM_PIECES[:1]  # no piece twice
+    assert len(server.received) == 1
 
 
 async def test_abort_stops_the_call(server):

@@ -130,7 +130,8 @@ def test_segments_keep_user_text_literal_and_equal_the_reference_otherwise(tiny_
     """The runner's ModelCall.segments, encoded by the engines: in `fixed` a `<|long|>` typed by a user
     is no added token, the template's own is; in `kgen` (raw_user_text) the typed one is the marker
     token too, as in the reference; prompts without typed markers get the reference's ids in both."""
-    from service.tipo.runner import TipoRequest, TipoRunner
+    from service.tipo.request import TipoRequest
+    from service.tipo.runner import TipoRunner
 
     tokenizer = PromptTokenizer.from_model_dir(tiny_model.path)
     added_ids = {32000 + index for index in range(len(TIPO_ADDED_TOKENS))} | {1, 2, 0}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from model_store.manifest import load_manifest
-from model_store.tiny import DEMO_MARKER, TIPO_ADDED_TOKENS, build_tiny_model, is_demo_model
+from model_store.tiny import DEMO_MARKER, TIPO_ADDED_TOKENS, build_random_model, is_demo_model
 
 
 def test_directory_has_the_hub_layout_and_the_demo_marker(tiny_model):
@@ -43,9 +43,9 @@ def test_transformers_loads_the_tokenizer_with_tipo_tokens(tiny_model):
 
 
 def test_same_seed_same_weights_and_existing_models_are_kept(tiny_model, tmp_path):
-    again = build_tiny_model(tmp_path / "again", seed=0)
+    again = build_random_model(tmp_path / "again", seed=0)
     assert (again / "model.safetensors").read_bytes() == (tiny_model.path / "model.safetensors").read_bytes()
     before = (again / "model.safetensors").stat().st_mtime_ns
-    assert build_tiny_model(again, seed=0) == again  # already built: nothing rewritten
+    assert build_random_model(again, seed=0) == again  # already built: nothing rewritten
     assert (again / "model.safetensors").stat().st_mtime_ns == before
     assert [p.name for p in tmp_path.iterdir()] == ["again"]  # no temporary directory left behind

@@ -25,7 +25,8 @@ from service.tipo.parse import parse_output  # noqa: E402
 from service.tipo.plan import plan_request, plan_single_operation  # noqa: E402
 from service.tipo.postprocess import BanList, postprocess  # noqa: E402
 from service.tipo.profile import FIXED, KGEN, ReferenceFailure  # noqa: E402
-from service.tipo.runner import TipoRequest, TipoRunner  # noqa: E402
+from service.tipo.request import TipoRequest  # noqa: E402
+from service.tipo.runner import TipoRunner
 from service.tipo.tags import classify  # noqa: E402
 from service.tipo.template import build_prompt, one_field  # noqa: E402
 from tests.shared import shared_tag_index  # noqa: E402

@@ -2,15 +2,16 @@ import random
 
 import pytest
 
+from service.tipo.errors import InputError
 from service.tipo.postprocess import (
     BanList,
     InvalidBanTag,
     meets_target,
     postprocess,
     sentence_count,
-    split_ban_text,
 )
 from service.tipo.profile import FIXED, KGEN, ReferenceFailure
+from service.tipo.request import ban_entries
 
 NO_BAN = BanList.of(())
 
@@ -20,7 +21,7 @@ def parsed_tags(general, special=("1girl",)):
 
 
 def test_ban_entry_is_a_substring_or_a_regex_anchored_at_the_start():
-    ban = BanList.of(split_ban_text(" sky , .*hair,, official "))
+    ban = BanList.of(ban_entries(" sky , .*hair,, official "))
     assert ban.entries == ("sky", ".*hair", "official")
     assert [t for t in ["blue sky", "long hair", "hairband", "unofficial", "smile", "cloud"] if not ban.bans(t)] == [
         "smile", "cloud"]
@@ -28,10 +29,11 @@ def test_ban_entry_is_a_substring_or_a_regex_anchored_at_the_start():
 
 
 @pytest.mark.parametrize("profile", [KGEN, FIXED])
-def test_invalid_ban_regex_is_a_clear_value_error_naming_the_entry(profile):
+def test_invalid_ban_regex_is_a_clear_input_error_naming_the_entry_and_field(profile):
     with pytest.raises(InvalidBanTag, match=r"'\(unclosed'") as caught:
         BanList.of(["sky", "(unclosed"])
-    assert isinstance(caught.value, ValueError) and caught.value.entry == "(unclosed"
+    assert isinstance(caught.value, InputError) and caught.value.entry == "(unclosed"
+    assert caught.value.field == "ban_tags"
 
 
 @pytest.mark.parametrize("entry", ["(a+)+", "(\\w*)*$", "x(y{1,}){2,}"])

@@ -7,7 +7,9 @@ from hypothesis import strategies as st
 from service.tipo.constants import FORMAT_PRESETS, LENGTHS, SINGLE_OPERATIONS
 from service.tipo.postprocess import InvalidBanTag
 from service.tipo.profile import ReferenceFailure
-from service.tipo.runner import RunnerStateError, TipoRequest, TipoRunner
+from service.tipo.request import TipoRequest
+from service.tipo.errors import InputError
+from service.tipo.runner import RunnerStateError, TipoRunner, prepare
 from tests.shared import shared_tag_index
 
 MANY_TAGS = ", ".join(f"tag {i}" for i in range(40))
@@ -35,7 +37,7 @@ def run(runner: TipoRunner, model=answer):
 
 
 def test_next_call_repeats_until_fed_and_order_is_enforced(tag_index):
-    runner = TipoRunner(TipoRequest(tags="1girl, solo", profile="kgen"), tag_index)
+    runner = TipoRunner(TipoRequest(seed=1234, tags="1girl, solo", profile="kgen"), tag_index)
     with pytest.raises(RunnerStateError):
         runner.result()
     first = runner.next_call()
@@ -77,7 +79,7 @@ def test_same_output_five_times_stops_the_operation_and_eleven_attempts_at_most(
 
 @pytest.mark.parametrize("profile", ["fixed", "kgen"])
 def test_a_retry_that_does_not_fit_the_context_ends_the_pass_with_what_it_has(tag_index, profile):
-    request = TipoRequest(tags="1girl", nl_prompt="", tag_length="long", format="<|general|>", profile=profile)
+    request = TipoRequest(seed=1234, tags="1girl", nl_prompt="", tag_length="long", format="<|general|>", profile=profile)
     runner = TipoRunner(request, tag_index)
     with pytest.raises(RunnerStateError):  # the first call holds only the user's input
         runner.next_call()
@@ -108,11 +110,11 @@ def test_runners_are_independent_and_leave_the_global_random_alone(tag_index):
 
 
 def test_sampling_settings_follow_the_request(tag_index):
-    request = TipoRequest(tags="1girl", temperature=0.8, top_p=0.9, top_k=40, min_p=0.2, max_new_tokens=300)
+    request = TipoRequest(seed=1234, tags="1girl", temperature=0.8, top_p=0.9, top_k=40, min_p=0.2, max_new_tokens=300)
     sampling = TipoRunner(request, tag_index).next_call().sampling
     assert (sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p, sampling.max_new_tokens) == (
         0.8, 0.9, 40, 0.2, 300)
-    webui = TipoRunner(TipoRequest(tags="1girl", min_p=0.2, frontend="webui"), tag_index)
+    webui = TipoRunner(TipoRequest(seed=1234, tags="1girl", min_p=0.2, frontend="webui"), tag_index)
     assert webui.next_call().sampling.min_p == 0.1  # the WebUI passes no min_p: kgen's default
 
 
@@ -124,41 +126,42 @@ def test_webui_seed_is_taken_modulo_2_31_minus_1(tag_index):
 @pytest.mark.parametrize("profile", ["kgen", "fixed"])
 def test_invalid_ban_regex_fails_before_any_model_call(profile, tag_index):
     with pytest.raises(InvalidBanTag, match="bad\\["):
-        TipoRunner(TipoRequest(tags="1girl", ban_tags=("sky", "bad["), profile=profile), tag_index)
+        TipoRunner(TipoRequest(seed=1234, tags="1girl", ban_tags=("sky", "bad["), profile=profile), tag_index)
 
 
 def test_ban_text_box_string_is_split_like_the_front_ends(tag_index):
-    assert TipoRunner(TipoRequest(ban_tags=" sky, ,.*hair "), tag_index).ban.entries == ("sky", ".*hair")
-    assert TipoRunner(TipoRequest(ban_tags=(" sky", "")), tag_index).ban.entries == ("sky",)
+    assert prepare(TipoRequest(ban_tags=" sky, ,.*hair "), tag_index).ban.entries == ("sky", ".*hair")
+    assert prepare(TipoRequest(ban_tags=(" sky", "")), tag_index).ban.entries == ("sky",)
 
 
 @pytest.mark.parametrize("field, value", [("tag_length", "medium"), ("nl_length", "huge"), ("operation", "x"),
                                           ("profile", "other"), ("height", 0)])
-def test_bad_requests_are_value_errors(field, value, tag_index):
-    with pytest.raises(ValueError):
+def test_bad_requests_are_input_errors_naming_the_field(field, value, tag_index):
+    with pytest.raises(InputError) as caught:
         TipoRunner(TipoRequest(tags="1girl", **{field: value}), tag_index)
+    assert caught.value.field == field
 
 
 def test_dots_only_nl_fails_like_the_reference_in_kgen_and_works_in_fixed(tag_index):
-    request = TipoRequest(nl_prompt="...", profile="kgen")
+    request = TipoRequest(seed=1234, nl_prompt="...", profile="kgen")
     runner = TipoRunner(request, tag_index)
     with pytest.raises(ReferenceFailure, match="IndexError"):
         run(runner)
-    result = run(TipoRunner(TipoRequest(nl_prompt="...", profile="fixed"), tag_index))
+    result = run(TipoRunner(TipoRequest(seed=1234, nl_prompt="...", profile="fixed"), tag_index))
     assert result.captions["extended"].startswith("A girl stands outdoors")
 
 
 def test_single_short_operation_without_nl(tag_index):
     request = dict(tags="1girl, solo", operation="tag_to_short_to_long")
     with pytest.raises(ReferenceFailure):
-        run(TipoRunner(TipoRequest(**request, profile="kgen"), tag_index))
-    result = run(TipoRunner(TipoRequest(**request, profile="fixed"), tag_index))
+        run(TipoRunner(TipoRequest(seed=1234, **request, profile="kgen"), tag_index))
+    result = run(TipoRunner(TipoRequest(seed=1234, **request, profile="fixed"), tag_index))
     assert result.full_map is not None and result.addon_map["user_tags"] == "1girl, solo"
 
 
 def test_blank_nl_counts_as_given_only_in_kgen(tag_index):
-    kgen = run(TipoRunner(TipoRequest(tags="1girl, solo", nl_prompt="  ", profile="kgen"), tag_index))
-    fixed = run(TipoRunner(TipoRequest(tags="1girl, solo", nl_prompt="  ", profile="fixed"), tag_index))
+    kgen = run(TipoRunner(TipoRequest(seed=1234, tags="1girl, solo", nl_prompt="  ", profile="kgen"), tag_index))
+    fixed = run(TipoRunner(TipoRequest(seed=1234, tags="1girl, solo", nl_prompt="  ", profile="fixed"), tag_index))
     assert len(kgen.calls) == 1 and kgen.prompt.endswith("\n\n.")  # no caption pass, a lone "."
     assert len(fixed.calls) == 2 and fixed.captions["generated"].startswith("A girl")
 
@@ -178,7 +181,7 @@ def test_fill_mode_caption_retries(tag_index):
 
 
 def test_fixed_keeps_booru_qualifiers_weights_and_extra_networks(tag_index):
-    request = TipoRequest(tags="1girl, ask_(askzy), (long_hair:1.2), <lora:detail:0.8>", profile="fixed")
+    request = TipoRequest(seed=1234, tags="1girl, ask_(askzy), (long_hair:1.2), <lora:detail:0.8>", profile="fixed")
     runner = TipoRunner(request, tag_index)
     assert "artist: ask (askzy)" in runner.next_call().prompt
     result = run(runner)

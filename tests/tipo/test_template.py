@@ -1,7 +1,8 @@
 import pytest
 
 from service.tipo.parse import FIELD
-from service.tipo.runner import TipoRequest, TipoRunner
+from service.tipo.request import TipoRequest
+from service.tipo.runner import TipoRunner
 from service.tipo.template import build_prompt, build_prompt_segments, one_field, slots_of, target_slot
 
 META = {"meta": "", "rating": None, "artist": None, "characters": None, "copyrights": None, "quality": "",

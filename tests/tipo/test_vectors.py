@@ -16,7 +16,8 @@ from service.tipo.parse import parse_output
 from service.tipo.plan import plan_request, plan_single_operation
 from service.tipo.postprocess import BanList, postprocess
 from service.tipo.profile import KGEN
-from service.tipo.runner import TipoRequest, TipoRunner
+from service.tipo.request import TipoRequest
+from service.tipo.runner import TipoRunner
 from service.tipo.tags import classify
 from service.tipo.template import build_prompt
 from tests.shared import load_vectors

@@ -1,7 +1,12 @@
 import pytest
 
 from service.tipo.profile import ReferenceFailure
-from service.tipo.webui import apply_webui_weights, cut_extra_networks, read_webui_tags
+from service.tipo.syntax import read_tags_like_reference
+from service.tipo.webui import apply_webui_weights, cut_extra_networks
+
+
+def read_webui_tags(text: str):
+    return read_tags_like_reference(text, break_marks_previous_tag=True)
 
 
 def test_extra_networks_are_cut_and_rebuilt_grouped_by_name():
@@ -13,7 +18,7 @@ def test_extra_networks_are_cut_and_rebuilt_grouped_by_name():
 def test_break_marks_the_previous_tag_and_is_not_a_tag():
     tags = read_webui_tags("1girl, solo, BREAK, (outdoors:1.2)")
     assert tags.tags == ["1girl", "solo", "outdoors"]
-    assert tags.breaks_after == {"solo"} and tags.weights == {"outdoors": 1.2}
+    assert tags.breaks_after == ["solo"] and tags.weights == {"outdoors": 1.2}
     with pytest.raises(ReferenceFailure, match="BREAK before any tag"):
         read_webui_tags("BREAK, 1girl")
 

@@ -58,10 +58,6 @@ class ProbeAnswer(_ProbeAnswerRequired, total=False):
 
 
 class TipoRequestBody(TypedDict, total=False):
-    #: Tag prompt in A1111 syntax: comma-separated, (tag:1.2) weights, \( \) escapes.
-    tags: str
-    #: Natural-language caption to expand.
-    nl_prompt: str
     #: Image width; only width/height (aspect ratio) matters.
     width: int
     #: Image height.
@@ -79,6 +75,14 @@ class TipoRequestBody(TypedDict, total=False):
     #: <|rating|> placeholders. A text with no placeholder is a 422 in profile 'fixed' (a misspelt preset
     #: name) and printed literally in 'kgen', as by the reference.
     format: str
+    #: 'fixed' (the server default unless configured) fixes the reference's bugs; 'kgen' reproduces tipo-kgen
+    #: 0.3.1 + the ComfyUI node byte for byte, user text sent as typed. The server's allowed_profiles may
+    #: allow only one (422 otherwise).
+    profile: Optional[Literal['fixed', 'kgen']]
+    #: Tag prompt in A1111 syntax: comma-separated, (tag:1.2) weights, \( \) escapes.
+    tags: str
+    #: Natural-language caption to expand.
+    nl_prompt: str
     #: Seed of the whole request (same seed + same model = same output). Absent, 0 (as in the reference) or
     #: negative (-1 as in the WebUI): a random seed, returned in the response.
     seed: Optional[int]
@@ -95,10 +99,6 @@ class TipoRequestBody(TypedDict, total=False):
     #: Run one single operation (ComfyUI 'TIPO Single Operation' node) instead of the planned passes; 'None' =
     #: tag expansion.
     operation: Optional[Literal['None', 'long_to_tag', 'short_to_tag', 'short_to_tag_to_long', 'tag_to_long', 'tag_to_long_to_short', 'tag_to_short', 'tag_to_short_to_long']]
-    #: 'fixed' (the server default unless configured) fixes the reference's bugs; 'kgen' reproduces tipo-kgen
-    #: 0.3.1 + the ComfyUI node byte for byte, user text sent as typed. The server's allowed_profiles may
-    #: allow only one (422 otherwise).
-    profile: Optional[Literal['fixed', 'kgen']]
     #: Reference front end to reproduce: 'comfy' (the ComfyUI TIPO node: four strings) or 'webui' (the
     #: SD-WebUI script: one string in `prompt`; min_p is kgen's 0.1, BREAK kept, <lora:...> re-appended).
     frontend: Literal['comfy', 'webui']

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.api.tipo.protocol import Length, ProfileName, without_lone_surrogates
+from service.api.tipo.protocol import TipoPromptOptions, without_lone_surrogates
 
 MAX_STOP_SEQUENCES = 16  # each is matched against every new piece of text
 MAX_STOP_CHARS = 256
@@ -135,8 +135,9 @@ class ChatMessage(_Lenient):
         return "\n".join(part.text for part in self.content if part.type == "text")
 
 
-class ChatCompletionRequest(SamplingFields):
-    """The last user message is the partial prompt; TIPO options may be sent as extra fields."""
+class ChatCompletionRequest(SamplingFields, TipoPromptOptions):
+    """The last user message is the partial prompt; TIPO's options (TipoPromptOptions: tag_length,
+    nl_length, ban_tags, format, width, height, profile) may be sent as extra fields."""
 
     model: str | None = Field(None, description="The served model's id (GET /v1/models); absent: that model.")
     messages: list[ChatMessage] = Field(..., min_length=1, examples=[[
@@ -144,14 +145,6 @@ class ChatCompletionRequest(SamplingFields):
     ]])
     max_tokens: int | None = Field(None, ge=1, le=8192, description="Token budget of each model call.")
     max_completion_tokens: int | None = Field(None, ge=1, le=8192, description="Alias of max_tokens.")
-    # TIPO options (same meaning as in POST /v1/tipo)
-    tag_length: Length = "long"
-    nl_length: Length = "long"
-    ban_tags: str | list[str] = ""
-    format: str | None = Field(None, description="Format preset name or template; default: the ComfyUI node's.")
-    width: int = Field(1024, ge=1, le=16384)
-    height: int = Field(1024, ge=1, le=16384)
-    profile: ProfileName | None = None
     # What a TIPO optimization cannot honour: refused with 400 when set (serving.py).
     stop: str | list[str] | None = None
     logprobs: bool | None = None

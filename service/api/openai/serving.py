@@ -23,7 +23,7 @@ from fastapi import Request
 from pydantic import ValidationError
 
 from service.api.common import GuardedStream, new_request_id, require_ready, run_admitted, sse, stream_admitted
-from service.api.errors import ApiError, validation_message
+from service.api.errors import ApiError, api_error_for, validation_message
 from service.api.openai.protocol import (
     ChatChoice,
     ChatCompletionRequest,
@@ -38,7 +38,7 @@ from service.api.openai.protocol import (
     Usage,
 )
 from service.api.state import ServiceState
-from service.api.tipo.protocol import TipoRequestBody
+from service.api.tipo.protocol import TipoPromptOptions, TipoRequestBody
 from service.api.tipo.serving import TipoServing, random_seed, resolve_seed
 from service.engine.base import Completion, Prompt, TokenLogprob
 from service.tipo.sampling import Sampling
@@ -245,12 +245,9 @@ class OpenAIServing:
             sampling["top_k"] = max(body.top_k, 0)
         max_tokens = body.max_completion_tokens or body.max_tokens
         return TipoRequestBody(
-            tags=tags, nl_prompt=caption, width=body.width, height=body.height,
-            tag_length=body.tag_length, nl_length=body.nl_length, ban_tags=body.ban_tags,
-            **({"format": body.format} if body.format else {}),
+            tags=tags, nl_prompt=caption, **body.model_dump(include=set(TipoPromptOptions.model_fields)),
             seed=None if body.seed is None or body.seed < 0 else body.seed,
             **sampling, **({"max_new_tokens": min(max_tokens, 1024)} if max_tokens else {}),
-            profile=body.profile,
         )
 
 
@@ -349,10 +346,11 @@ def openai_errors():
     """OpenAI's clients expect 400 for a bad request: the 422s of the shared paths become 400s."""
     try:
         yield
-    except ApiError as exc:
-        if exc.status == 422:
-            exc.status = 400
-        raise
+    except Exception as exc:
+        error = api_error_for(exc)
+        if error.status == 422:
+            error.status = 400
+        raise error from None
 
 
 async def merged_streams(

@@ -8,22 +8,13 @@ Valid ranges and examples appear in the OpenAPI schema (/docs).
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from service.tipo.constants import DEFAULT_FORMAT_NAME, FORMAT_PRESETS, LENGTHS, SINGLE_OPERATIONS
-from service.tipo.sampling import Sampling
+from service.tipo.constants import FORMAT_PRESETS, Length, SingleOperation
+from service.tipo.request import DEFAULTS, REQUEST_FIELDS, Backend, Frontend, ProfileName, TipoRequest, ban_entries
 
-Length = Literal["very_short", "short", "long", "very_long"]
-ProfileName = Literal["fixed", "kgen"]
-Operation = Literal[
-    "None", "long_to_tag", "short_to_tag", "short_to_tag_to_long", "tag_to_long", "tag_to_long_to_short",
-    "tag_to_short", "tag_to_short_to_long",
-]
-assert set(Length.__args__) == set(LENGTHS) and set(Operation.__args__) == set(SINGLE_OPERATIONS)
-
-_DEFAULT = Sampling()
 SEED_RANGE = 2**64  # the reference accepts any integer; negative seeds act like their absolute value
 
 # Hard bound of a ban_tags list, checked before its entries are cleaned; the server's
@@ -45,7 +36,62 @@ def without_lone_surrogates(text: str) -> str:
     return _LONE_SURROGATES.sub("\ufffd", text)
 
 
-class TipoRequestBody(BaseModel):
+def _cleaned_text(value):
+    return clean_user_text(value) if isinstance(value, str) else value
+
+
+def _cleaned_ban_tags(value):
+    if isinstance(value, list):
+        # Before cleaning entry by entry: 250,000 one-letter entries fit in a 1 MB body (~250 ms).
+        if len(value) > MAX_BAN_LIST_ENTRIES:
+            raise ValueError(f"too many entries: {len(value)}; at most {MAX_BAN_LIST_ENTRIES} are read "
+                             "(the server's max_ban_entries may allow fewer)")
+        return [_cleaned_text(entry) for entry in value]
+    return _cleaned_text(value)
+
+
+# User text, cleaned (`clean_user_text`) before it is validated.
+CleanText = Annotated[str, BeforeValidator(_cleaned_text)]
+BanTags = Annotated[str | list[str], BeforeValidator(_cleaned_ban_tags)]
+
+
+class TipoPromptOptions(BaseModel):
+    """What to make of a partial prompt: the options POST /v1/tipo and the chat completions share.
+    Defaults come from the TIPO core's request (service/tipo/request.py)."""
+
+    width: int = Field(DEFAULTS.width, ge=1, le=16384,
+                       description="Image width; only width/height (aspect ratio) matters.")
+    height: int = Field(DEFAULTS.height, ge=1, le=16384, description="Image height.")
+    tag_length: Length = Field(DEFAULTS.tag_length, description="Tag count target: very_short 6-18, short 18-36, "
+                               "long 36-54, very_long 54-72 tags.")
+    nl_length: Length = Field(DEFAULTS.nl_length, description="Caption target: very_short 1-2, short 2-4, long 4-8, "
+                              "very_long 8+ sentences.")
+    ban_tags: BanTags = Field("", description="Tags to remove from the result: comma-separated string "
+                                      "or list; each entry bans tags containing it or matching it as a regex "
+                                      "anchored at the start.", examples=["sky, .*hair"])
+    format: CleanText = Field(DEFAULTS.format, description="A preset name (" + ", ".join(map(repr, FORMAT_PRESETS))
+                        + ") or a template with <|special|> <|characters|> <|copyrights|> <|artist|> <|general|> "
+                        "<|extended|> <|generated|> <|quality|> <|meta|> <|rating|> placeholders. A text with "
+                        "no placeholder is a 422 in profile 'fixed' (a misspelt preset name) and printed "
+                        "literally in 'kgen', as by the reference.",
+                        examples=["Both, tag first (recommend)", "<|general|>\n<|generated|>"])
+    profile: ProfileName | None = Field(None, description="'fixed' (the server default unless configured) "
+                                        "fixes the reference's bugs; 'kgen' reproduces tipo-kgen 0.3.1 + the "
+                                        "ComfyUI node byte for byte, user text sent as typed. The server's "
+                                        "allowed_profiles may allow only one (422 otherwise).")
+
+    @field_validator("ban_tags")
+    @classmethod
+    def _ban_list(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and any("," in entry for entry in value):
+            raise ValueError("a ban_tags list entry must not contain ',' (send one tag or regex per entry)")
+        return value
+
+    def ban_list(self) -> tuple[str, ...]:
+        return ban_entries(self.ban_tags)
+
+
+class TipoRequestBody(TipoPromptOptions):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [
@@ -56,81 +102,45 @@ class TipoRequestBody(BaseModel):
         ]},
     )
 
-    tags: str = Field("", description="Tag prompt in A1111 syntax: comma-separated, (tag:1.2) weights, "
+    tags: CleanText = Field(DEFAULTS.tags, description="Tag prompt in A1111 syntax: comma-separated, (tag:1.2) weights, "
                       "\\( \\) escapes.", examples=["1girl, hatsune miku, (masterpiece:1.2), absurdres"])
-    nl_prompt: str = Field("", description="Natural-language caption to expand.",
+    nl_prompt: CleanText = Field(DEFAULTS.nl_prompt, description="Natural-language caption to expand.",
                            examples=["A girl reading a book in a quiet library."])
-    width: int = Field(1024, ge=1, le=16384, description="Image width; only width/height (aspect ratio) matters.")
-    height: int = Field(1024, ge=1, le=16384, description="Image height.")
-    tag_length: Length = Field("long", description="Tag count target: very_short 6-18, short 18-36, "
-                               "long 36-54, very_long 54-72 tags.")
-    nl_length: Length = Field("long", description="Caption target: very_short 1-2, short 2-4, long 4-8, "
-                              "very_long 8+ sentences.")
-    ban_tags: str | list[str] = Field("", description="Tags to remove from the result: comma-separated string "
-                                      "or list; each entry bans tags containing it or matching it as a regex "
-                                      "anchored at the start.", examples=["sky, .*hair"])
-    format: str = Field(DEFAULT_FORMAT_NAME, description="A preset name (" + ", ".join(map(repr, FORMAT_PRESETS))
-                        + ") or a template with <|special|> <|characters|> <|copyrights|> <|artist|> <|general|> "
-                        "<|extended|> <|generated|> <|quality|> <|meta|> <|rating|> placeholders. A text with "
-                        "no placeholder is a 422 in profile 'fixed' (a misspelt preset name) and printed "
-                        "literally in 'kgen', as by the reference.",
-                        examples=["Both, tag first (recommend)", "<|general|>\n<|generated|>"])
-    seed: int | None = Field(None, gt=-SEED_RANGE, lt=SEED_RANGE,
+    seed: int | None = Field(DEFAULTS.seed, gt=-SEED_RANGE, lt=SEED_RANGE,
                              description="Seed of the whole request (same seed + same model = same output). "
                              "Absent, 0 (as in the reference) or negative (-1 as in the WebUI): a random seed, "
                              "returned in the response.",
                              examples=[1234])
-    temperature: float = Field(_DEFAULT.temperature, ge=0, le=2, description="Sampling temperature; 0 = greedy.")
-    top_p: float = Field(_DEFAULT.top_p, gt=0, le=1, description="Nucleus sampling.")
-    top_k: int = Field(_DEFAULT.top_k, ge=0, le=32013, description="Top-k cut; 0 = none.")
-    min_p: float = Field(_DEFAULT.min_p, ge=0, le=1, description="Min-p cut.")
-    max_new_tokens: int = Field(_DEFAULT.max_new_tokens, ge=1, le=1024,
+    temperature: float = Field(DEFAULTS.temperature, ge=0, le=2, description="Sampling temperature; 0 = greedy.")
+    top_p: float = Field(DEFAULTS.top_p, gt=0, le=1, description="Nucleus sampling.")
+    top_k: int = Field(DEFAULTS.top_k, ge=0, le=32013, description="Top-k cut; 0 = none.")
+    min_p: float = Field(DEFAULTS.min_p, ge=0, le=1, description="Min-p cut.")
+    max_new_tokens: int = Field(DEFAULTS.max_new_tokens, ge=1, le=1024,
                                 description="Token budget of each model call.")
-    operation: Operation | None = Field(None, description="Run one single operation (ComfyUI 'TIPO Single "
-                                        "Operation' node) instead of the planned passes; 'None' = tag expansion.")
-    profile: ProfileName | None = Field(None, description="'fixed' (the server default unless configured) "
-                                        "fixes the reference's bugs; 'kgen' reproduces tipo-kgen 0.3.1 + the "
-                                        "ComfyUI node byte for byte, user text sent as typed. The server's "
-                                        "allowed_profiles may allow only one (422 otherwise).")
-    frontend: Literal["comfy", "webui"] = Field("comfy", description="Reference front end to reproduce: "
-                                                "'comfy' (the ComfyUI TIPO node: four strings) or 'webui' (the "
-                                                "SD-WebUI script: one string in `prompt`; min_p is kgen's 0.1, "
-                                                "BREAK kept, <lora:...> re-appended).")
-    backend: Literal["llama_cpp", "transformers"] = Field(
-        "llama_cpp", validation_alias=AliasChoices("backend", "backend_emulated"),
+    operation: SingleOperation | None = Field(DEFAULTS.operation, description="Run one single operation (ComfyUI "
+                                              "'TIPO Single Operation' node) instead of the planned passes; 'None' "
+                                              "= tag expansion.")
+    frontend: Frontend = Field(DEFAULTS.frontend, description="Reference front end to reproduce: "
+                               "'comfy' (the ComfyUI TIPO node: four strings) or 'webui' (the "
+                               "SD-WebUI script: one string in `prompt`; min_p is kgen's 0.1, "
+                               "BREAK kept, <lora:...> re-appended).")
+    backend: Backend = Field(
+        DEFAULTS.backend, validation_alias=AliasChoices("backend", "backend_emulated"),
         description="Reference backend to emulate, for replaying recordings: 'transformers' decodes with "
         "<s>/</s> and re-seeds the RNG before each call (changes tag order). Alias: backend_emulated.")
-    aspect_ratio: float | None = Field(None, gt=0, le=100, description="Overrides width/height (the WebUI "
-                                       "passes the ratio).")
-    no_formatting: bool = Field(False, description="WebUI 'No formatting': `prompt` is the unformatted prompt.")
+    aspect_ratio: float | None = Field(DEFAULTS.aspect_ratio, gt=0, le=100, description="Overrides width/height "
+                                       "(the WebUI passes the ratio).")
+    no_formatting: bool = Field(DEFAULTS.no_formatting, description="WebUI 'No formatting': `prompt` is the "
+                                "unformatted prompt.")
     return_trace: bool = Field(False, description="Include every model call: prompt, sampling (with seed) and "
                                "completion.")
     timeout_s: float | None = Field(None, gt=0, description="Give up after this many seconds (504); capped by "
                                     "the server's request_timeout_s.")
 
-    @field_validator("tags", "nl_prompt", "format", "ban_tags", mode="before")
-    @classmethod
-    def _clean_text(cls, value):
-        if isinstance(value, str):
-            return clean_user_text(value)
-        if isinstance(value, list):
-            # Before cleaning entry by entry: 250,000 one-letter entries fit in a 1 MB body (~250 ms).
-            if len(value) > MAX_BAN_LIST_ENTRIES:
-                raise ValueError(f"too many entries: {len(value)}; at most {MAX_BAN_LIST_ENTRIES} are read "
-                                 "(the server's max_ban_entries may allow fewer)")
-            return [clean_user_text(entry) if isinstance(entry, str) else entry for entry in value]
-        return value
-
-    @field_validator("ban_tags")
-    @classmethod
-    def _ban_list(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list) and any("," in entry for entry in value):
-            raise ValueError("a ban_tags list entry must not contain ',' (send one tag or regex per entry)")
-        return value
-
-    def ban_list(self) -> tuple[str, ...]:
-        entries = self.ban_tags.split(",") if isinstance(self.ban_tags, str) else self.ban_tags
-        return tuple(entry.strip() for entry in entries if entry.strip())
+    def core_request(self, profile: str, seed: int | None) -> TipoRequest:
+        """The TIPO core's request: this body's options, in the profile and with the seed the server chose."""
+        options = {name: getattr(self, name) for name in REQUEST_FIELDS}
+        return TipoRequest(**{**options, "ban_tags": self.ban_list(), "profile": profile, "seed": seed})
 
 
 class TipoBatchBody(BaseModel):
@@ -205,13 +215,8 @@ class TipoAddonOutput(BaseModel):
 
     tags: list[str] = Field(default_factory=list, description="Tags the model added (weights applied).")
     nl: str = Field("", description="The caption (extended, else generated; weights applied).")
-    user_tags: str = Field("", description="The user's tag text, as sent.")
-    user_nl: str = Field("", description="The user's caption, as sent.")
-
-    @field_validator("user_tags", "user_nl", mode="before")
-    @classmethod
-    def _clean_text(cls, value):
-        return clean_user_text(value) if isinstance(value, str) else value
+    user_tags: CleanText = Field("", description="The user's tag text, as sent.")
+    user_nl: CleanText = Field("", description="The user's caption, as sent.")
 
 
 class TipoFormatBody(BaseModel):
@@ -232,15 +237,10 @@ class TipoFormatBody(BaseModel):
         "category and the captions (`extended`, `generated`), weights applied.")
     addon_output: TipoAddonOutput = Field(
         description="The `operation_output.addon_output` map of the same answer.")
-    format: str = Field(DEFAULT_FORMAT_NAME, description="A preset name or a template, as in /v1/tipo.",
+    format: CleanText = Field(DEFAULTS.format, description="A preset name or a template, as in /v1/tipo.",
                         examples=["Both, tag first (recommend)"])
     profile: ProfileName | None = Field(None, description="As in /v1/tipo ('kgen' formats like the ComfyUI "
                                         "'TIPO Format' node, bugs included).")
-
-    @field_validator("format", mode="before")
-    @classmethod
-    def _clean_text(cls, value):
-        return clean_user_text(value) if isinstance(value, str) else value
 
 
 class TipoFormatResponse(BaseModel):

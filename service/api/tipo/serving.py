@@ -1,7 +1,7 @@
 """The logic of POST /v1/tipo and /v1/tipo/batch: build runners, drive them against the engine; and of
 POST /v1/tipo/format (the ComfyUI 'TIPO Format' node: no model call).
 
-A TIPO request is several model calls. `TipoServing.drive` loops `runner.next_call()` ->
+A TIPO request is several model calls. `TipoServing.call_model` loops `runner.next_call()` ->
 `await engine.generate(...)` -> `runner.feed(text)`. Each HTTP request runs in its own asyncio task,
 and a batch runs its runners with asyncio.gather, so the model calls of everything in flight reach
 the engine together and vLLM batches them (continuous batching).
@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from fastapi import Request
 
-from service.api.common import api_error_from, new_request_id, require_ready, run_admitted
+from service.api.common import new_request_id, require_ready, run_admitted
+from service.api.errors import ApiError, api_error_for
 from service.api.limits import ban_compiler, check_input_limits
-from service.api.errors import ApiError
 from service.api.state import ServiceState
 from service.api.tipo.protocol import (
     ModelCallTrace,
@@ -32,22 +32,19 @@ from service.api.tipo.protocol import (
     TipoTimings,
     TipoUsage,
 )
-from service.engine.base import EngineError, PromptTooLongError
+from service.engine.base import PromptTooLongError
 from service.settings import Settings
-from service.tipo.constants import DEFAULT_LENGTH
-from service.tipo.format import apply_format, resolve_format, unformatted
-from service.tipo.parse import parse_output
-from service.tipo.plan import plan_request
+from service.tipo import frontends
+from service.tipo.format import resolve_format
 from service.tipo.profile import get_profile
-from service.tipo.runner import TipoRequest, TipoResult, TipoRunner
-from service.tipo.syntax import apply_weights, read_caption, read_tags
-from service.tipo.tags import TagIndex, classify
-from service.tipo.template import build_prompt
+from service.tipo.request import TipoRequest
+from service.tipo.runner import TipoResult, TipoRunner
+from service.tipo.tags import TagIndex
 
 
 @dataclass
-class Drive:
-    """What driving one runner produced, besides its result."""
+class CallLog:
+    """The model calls of one request as the engine answered them (its trace, usage and engine time)."""
 
     calls: list[ModelCallTrace] = field(default_factory=list)
     prompt_tokens: int = 0
@@ -99,8 +96,8 @@ class TipoServing:
             try:
                 result = await self.run_one(runner, item, f"{batch_id}-{index}-{variant}", started,
                                             queue_s=started - queued_at)
-            except (EngineError, ValueError) as exc:  # the item fails, the batch goes on
-                error = api_error_from(exc, self.state).body()["error"]
+            except Exception as exc:  # the item fails (its error as in an error body), the batch goes on
+                error = api_error_for(exc).body()["error"]
                 return TipoBatchItem(index=index, variant=variant, error=error)
             return TipoBatchItem(index=index, variant=variant, result=result)
 
@@ -130,55 +127,49 @@ class TipoServing:
             raise
         check_operation_maps(body, self.state.settings)
         profile = request_profile(as_request, self.state.settings)
-        try:
-            outputs = format_outputs(body, profile, self.state.tag_index)
-        except ValueError as exc:
-            raise api_error_from(exc, self.state) from None
+        outputs = format_outputs(body, profile, self.state.tag_index)  # an InputError is a 422 (errors.py)
         return TipoFormatResponse(**outputs, profile=profile)
 
     # --- shared with the chat endpoint
 
     def make_runner(self, body: TipoRequestBody, seed: int) -> TipoRunner:
-        """Validate what depends on settings and build the runner; input problems -> ApiError 422."""
+        """Check the limits and build the runner: input errors (ApiError, InputError) before any model work."""
         settings = self.state.settings
         check_input_limits(body, settings)
-        core_request = to_core_request(body, profile=request_profile(body, settings), seed=seed)
-        try:
-            return TipoRunner(core_request, self.state.tag_index,
-                              compile_pattern=ban_compiler(core_request, settings))
-        except ValueError as exc:
-            raise api_error_from(exc, self.state) from None
+        core_request = body.core_request(profile=request_profile(body, settings), seed=seed)
+        return TipoRunner(core_request, self.state.tag_index, compile_pattern=ban_compiler(core_request, settings))
 
     async def run_one(self, runner: TipoRunner, body: TipoRequestBody, request_id: str, started: float,
                       queue_s: float) -> TipoResponse:
-        drive = await self.drive(runner, request_id, started)
+        call_log = await self.call_model(runner, request_id, started)
         result = runner.result()
-        self.state.metrics.model_calls.observe(len(drive.calls))
+        self.state.metrics.model_calls.observe(len(call_log.calls))
         return to_response(
-            result, body, drive,
+            result, body, call_log,
             model=self.state.model_name,
             profile=request_profile(body, self.state.settings),
             queue_s=queue_s, total_s=time.perf_counter() - started,
         )
 
-    async def drive(self, runner: TipoRunner, request_id: str, started: float) -> Drive:
-        drive = Drive()
+    async def call_model(self, runner: TipoRunner, request_id: str, started: float) -> CallLog:
+        """Answer the runner's model calls with the engine until it is done."""
+        call_log = CallLog()
         while (call := runner.next_call()) is not None:
             call_started = time.perf_counter()
             try:
                 completion = await self.state.gateway.generate(
-                    call.prompt, call.sampling, f"{request_id}-{len(drive.calls)}", call.segments or None)
+                    call.prompt, call.sampling, f"{request_id}-{len(call_log.calls)}", call.segments or None)
             except PromptTooLongError:
-                if not drive.calls:
+                if not call_log.calls:
                     raise  # the user's own input is too long: 422
                 runner.context_full()  # a retry or a later pass grew past the context: end with what we have
                 continue
             call_ended = time.perf_counter()
             runner.feed(completion.text)
-            drive.engine_s += call_ended - call_started
-            drive.prompt_tokens += completion.prompt_tokens
-            drive.completion_tokens += completion.completion_tokens
-            drive.calls.append(ModelCallTrace(
+            call_log.engine_s += call_ended - call_started
+            call_log.prompt_tokens += completion.prompt_tokens
+            call_log.completion_tokens += completion.completion_tokens
+            call_log.calls.append(ModelCallTrace(
                 prompt=call.prompt,
                 sampling=call.sampling.tipo_fields(),
                 completion=completion.text,
@@ -188,7 +179,7 @@ class TipoServing:
                 start_s=round(call_started - started, 6),
                 end_s=round(call_ended - started, 6),
             ))
-        return drive
+        return call_log
 
 
 def request_profile(body: TipoRequestBody, settings: Settings) -> str:
@@ -211,32 +202,7 @@ def resolve_seed(seed: int | None) -> int:
     return seed if seed is not None and seed > 0 else random_seed()
 
 
-def to_core_request(body: TipoRequestBody, profile: str, seed: int | None) -> TipoRequest:
-    return TipoRequest(
-        tags=body.tags,
-        nl_prompt=body.nl_prompt,
-        width=body.width,
-        height=body.height,
-        tag_length=body.tag_length,
-        nl_length=body.nl_length,
-        ban_tags=body.ban_list(),
-        format=body.format,
-        seed=seed,  # None or 0: the runner draws one
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        min_p=body.min_p,
-        max_new_tokens=body.max_new_tokens,
-        operation=body.operation,
-        profile=profile,
-        frontend=body.frontend,
-        backend=body.backend,
-        aspect_ratio=body.aspect_ratio,
-        no_formatting=body.no_formatting,
-    )
-
-
-def to_response(result: TipoResult, body: TipoRequestBody, drive: Drive, *, model: str, profile: str,
+def to_response(result: TipoResult, body: TipoRequestBody, call_log: CallLog, *, model: str, profile: str,
                 queue_s: float, total_s: float) -> TipoResponse:
     return TipoResponse(
         prompt=result.prompt,
@@ -249,13 +215,13 @@ def to_response(result: TipoResult, body: TipoRequestBody, drive: Drive, *, mode
         seed=result.seed,
         model=model,
         profile=profile,
-        usage=TipoUsage(model_calls=len(drive.calls), prompt_tokens=drive.prompt_tokens,
-                        completion_tokens=drive.completion_tokens),
+        usage=TipoUsage(model_calls=len(call_log.calls), prompt_tokens=call_log.prompt_tokens,
+                        completion_tokens=call_log.completion_tokens),
         timings=TipoTimings(started_at=round(time.time() - total_s, 6), queue_ms=round(queue_s * 1000, 3),
-                            engine_ms=round(drive.engine_s * 1000, 3), total_ms=round(total_s * 1000, 3)),
+                            engine_ms=round(call_log.engine_s * 1000, 3), total_ms=round(total_s * 1000, 3)),
         operation_output=({"full_output": result.full_map, "addon_output": result.addon_map}
                           if result.full_map is not None else None),
-        trace=drive.calls if body.return_trace else None,
+        trace=call_log.calls if body.return_trace else None,
     )
 
 
@@ -274,28 +240,11 @@ def check_operation_maps(body: TipoFormatBody, settings: Settings) -> None:
 
 
 def format_outputs(body: TipoFormatBody, profile_name: str, index: TagIndex) -> dict[str, str]:
-    """The 'TIPO Format' node's four strings: what `TipoRunner` answers for a single operation
-    (`_operation_outputs`), computed from the operation's maps instead of a run.
-
-    `prompt` formats full_output; `user_prompt` writes the user's own input (user_tags / user_nl) as the
-    node does, with default lengths and no aspect ratio, parsed back and formatted the same way."""
+    """The 'TIPO Format' node's four strings: what a single-operation run answers (frontends.py),
+    made from the operation's maps instead of a run."""
     profile = get_profile(profile_name)
     addon = body.addon_output
-    template = resolve_format(body.format, profile)
-    tag_text = read_tags(addon.user_tags, profile)
-    caption_text = read_caption(addon.user_nl, profile)
-    nl = caption_text.text
-    if not profile.blank_nl_counts_as_given and not nl.strip():
-        nl = ""
-    extras = "\n" + ", ".join(tag_text.extras) if tag_text.extras else ""  # fixed: extra networks re-appended
-
-    plan = plan_request(classify(tag_text.tags, index), nl)
-    document = build_prompt(plan.meta, plan.general, nl, "short_to_tag_to_long", DEFAULT_LENGTH, True,
-                            gen_meta=True, raw_user_text=profile.raw_user_text)
-    user_map = apply_weights(parse_output(document, index, profile), tag_text, caption_text, profile)
-    return {
-        "prompt": apply_format(body.full_output, template, profile) + extras,
-        "user_prompt": apply_format(user_map, template, profile) + extras,
-        "unformatted_prompt": unformatted(addon.user_tags, addon.tags, addon.nl, profile),
-        "unformatted_user_prompt": addon.user_tags + caption_text.text,
-    }
+    user = frontends.read_input(TipoRequest(tags=addon.user_tags, nl_prompt=addon.user_nl), profile, index)
+    outputs = frontends.operation_strings(user, body.full_output, addon.tags, addon.nl,
+                                          resolve_format(body.format, profile), profile, index)
+    return asdict(outputs)

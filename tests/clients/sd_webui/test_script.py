@@ -19,7 +19,6 @@ import httpx
 import pytest
 
 from service.api.tipo.protocol import TipoRequestBody
-from service.api.tipo.serving import to_core_request
 from service.tipo.runner import TipoRunner
 from tests.api.tipo.test_serving import script_of
 from tests.clients.conftest import CLIENTS
@@ -86,7 +85,7 @@ def metric(base_url: str, path: str) -> float:
 
 def first_prompt(body: dict, tag_index) -> str:
     """The first model prompt the service sends for `body` (to record an answer for it)."""
-    runner = TipoRunner(to_core_request(TipoRequestBody(**body), profile="kgen", seed=1), tag_index)
+    runner = TipoRunner(TipoRequestBody(**body).core_request(profile="kgen", seed=1), tag_index)
     return runner.next_call().prompt
 
 
