@@ -33,9 +33,10 @@ class Settings(BaseSettings):
                                  "limit_concurrency); past it new requests get 503.")
 
     # --- engine
-    engine: Literal["vllm", "remote", "scripted"] = Field(
+    engine: Literal["vllm", "remote", "scripted", "simulated"] = Field(
         "vllm", description="vllm: in-process AsyncLLM; remote: an OpenAI-compatible completions server; "
-        "scripted: replay completions from TIPO_SCRIPTED_PATH."
+        "scripted: replay completions from TIPO_SCRIPTED_PATH; simulated: a simulated GPU with synthetic TIPO "
+        "answers (benchmarks only, TIPO_SIM_*)."
     )
     model: str = Field(
         "auto",
@@ -63,6 +64,22 @@ class Settings(BaseSettings):
     remote_api_key: str = Field("", description="Bearer key for the remote server.")
     remote_timeout_s: float = Field(60.0, gt=0, description="Timeout of one remote call.")
     remote_retries: int = Field(2, ge=0, le=10, description="Retries of a failed remote call (with backoff).")
+    # The simulated GPU (TIPO_ENGINE=simulated, service/engine/simulated.py): TIPO-500M on an H200 by
+    # default, sources in docs/BENCHMARKS.md "GPU simulation".
+    sim_step_fixed_ms: float = Field(1.3, ge=0, description="Simulated GPU: fixed time of one engine step (ms).")
+    sim_decode_us_per_seq: float = Field(6.0, ge=0, description="Simulated GPU: step time per running sequence "
+                                         "(us).")
+    sim_decode_us_per_context_token: float = Field(0.03, ge=0, description="Simulated GPU: step time per token "
+                                                   "of context the running sequences read (KV cache, us).")
+    sim_prefill_us_per_token: float = Field(3.0, ge=0, description="Simulated GPU: step time per prompt token "
+                                            "prefilled (us).")
+    sim_max_batched_tokens: int = Field(8192, ge=1, description="Simulated GPU: token budget of one step "
+                                        "(vLLM's max_num_batched_tokens); sequences per step: TIPO_MAX_NUM_SEQS.")
+    sim_client_cpu_us_per_token: float = Field(27.0, ge=0, description="Simulated GPU: CPU this process spends "
+                                               "per generated token, as vLLM's in-process client does "
+                                               "(bench/client_cpu.py measures it).")
+    sim_client_cpu_us_per_request: float = Field(450.0, ge=0, description="Simulated GPU: CPU this process "
+                                                 "spends per engine request, as vLLM's in-process client does.")
 
     # --- TIPO defaults
     default_profile: Literal["fixed", "kgen"] = Field("fixed", description="Profile used when a request names none.")

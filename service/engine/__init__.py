@@ -34,6 +34,20 @@ def build_engine(settings: Settings) -> Engine:
         return ScriptedEngine(settings.scripted_path, model_name=settings.served_model_name or "scripted",
                               delay_s=settings.scripted_delay_s)
 
+    if settings.engine == "simulated":
+        from model_store.resolve import resolve_model
+        from service.engine.simulated import CostModel, SimulatedEngine
+
+        cost = CostModel(step_fixed_ms=settings.sim_step_fixed_ms, decode_us_per_seq=settings.sim_decode_us_per_seq,
+                         decode_us_per_context_token=settings.sim_decode_us_per_context_token,
+                         prefill_us_per_token=settings.sim_prefill_us_per_token, max_num_seqs=settings.max_num_seqs,
+                         max_batched_tokens=settings.sim_max_batched_tokens)
+        # The model directory gives the tokenizer only (token counts, detokenisation work); no weights load.
+        return SimulatedEngine(resolve_model(settings.model).path, model_name=settings.served_model_name or "simulated",
+                               cost=cost, max_model_len=settings.max_model_len,
+                               client_cpu_us_per_token=settings.sim_client_cpu_us_per_token,
+                               client_cpu_us_per_request=settings.sim_client_cpu_us_per_request)
+
     raise EngineError(f"unknown engine {settings.engine!r}")
 
 

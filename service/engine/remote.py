@@ -232,8 +232,10 @@ class RemoteEngine(Engine):
                 return EngineError(f"{self.base_url} refused the call: HTTP {status}: {_answer_text(exc)[:300]}")
             unreachable = status in UNAVAILABLE_STATUSES
         else:
-            # Cannot connect: the upstream is down (it may come back: readiness fails, liveness not).
-            unreachable = isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError)
+            # Cannot connect: the upstream is down (it may come back: readiness fails, liveness not). A
+            # timeout or a connection lost in mid-answer is a slow or overloaded upstream that still answers
+            # others: the call fails, readiness stays (marking it unreachable failed every call in flight).
+            unreachable = _cannot_connect(exc)
         # The client numbers its tries in a request header; the error carries the last try's request.
         attempts = int(exc.request.headers.get("x-stainless-retry-count", self.retries)) + 1
         kind = EngineUnavailable if unreachable else EngineError
@@ -295,10 +297,18 @@ def _describe(exc: openai.APIError) -> str:
     if isinstance(exc, openai.APITimeoutError):
         return f"timed out ({type(cause).__name__})"
     if isinstance(exc, openai.APIConnectionError):
-        if "Connect" in type(cause).__name__:  # ConnectError: refused, no route
+        if _cannot_connect(exc):
             return f"cannot connect ({cause})"
         return f"connection lost ({type(cause).__name__}: {cause})"  # e.g. closed in mid-answer
     return str(exc) or type(exc).__name__
+
+
+def _cannot_connect(exc: openai.APIError) -> bool:
+    """No connection could be made (refused, no route): the transport's ConnectError, whichever httpx the
+    client runs on."""
+    cause = exc.__cause__
+    return (isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError)
+            and cause is not None and "ConnectError" in type(cause).__name__)
 
 
 def _current_task_cancelling() -> bool:

@@ -130,3 +130,19 @@ def test_calls_per_request(engine_thread, tiny_model, tag_index, tmp_path):
         assert isinstance(record[engine]["comparison"]["fixed_not_more_calls"], bool)
     # The synthetic model meets length targets, so the profiles' retry rules decide: fixed never retries more.
     assert record["synthetic"]["comparison"]["fixed_not_more_calls"] is True
+
+
+def test_gpu_sim_cli(tmp_path):
+    # The simulated GPU behind one real service process (~25 s): the GPU's own capacity, one load level, a profile.
+    record = run_script("gpu_sim", tmp_path / "gpu_sim.json", timeout=300)
+    check_record(record, "gpu_sim")
+    assert record["engine"] == "simulated" and record["cost_model"]["sim_step_fixed_ms"] > 0
+    capacity = record["gpu_capacity"][0]
+    assert capacity["prompts_per_s"] > 0 and capacity["mean_batch"] > 1 and capacity["calls_per_prompt"] >= 1
+    (row,) = record["topologies"]["inproc"]
+    assert row["ok"] == row["requests"] > 0 and not row["failures"]
+    assert row["achieved_per_s"] > 0 and row["latency_ms"]["p95"] >= row["latency_ms"]["p50"] > 0
+    assert row["process_cpu_s"]["service"] > 0 and len(row["load_average"]) == 3
+    assert row["engine_metrics"]["tipo_engine_generated_tokens"] > 0
+    assert record["profile"]["top_by_own_time"]
+    assert record["headline"]["inproc"]["front_end_cpu_ms_per_prompt"] > 0

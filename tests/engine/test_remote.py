@@ -33,6 +33,7 @@ class Script:
     delay_s: float = 0.0  # wait before answering (timeouts)
     hold: threading.Event | None = None  # wait for this before answering (aborts)
     break_stream_after: int | None = None  # close the connection after this many stream pieces (body cut short)
+    drop_requests: bool = False  # close the connection without answering (an overloaded upstream)
     received: list[dict] = field(default_factory=list)  # {"path", "headers", "body"} of every request
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -68,6 +69,9 @@ def make_handler(script: Script):
             self._record(body)
             with script.lock:
                 status = script.fail_with.pop(0) if script.fail_with else 200
+            if script.drop_requests:
+                self.close_connection = True  # no status line: "server disconnected without a response"
+                return
             if script.hold is not None:
                 script.hold.wait(timeout=30)
             if script.delay_s:
@@ -215,6 +219,19 @@ async def test_timeout(server):
     engine = remote(server.url, remote_model="m", remote_retries=0, remote_timeout_s=0.2)
     with pytest.raises(EngineError, match="timed out"):
         await engine.generate("p", SAMPLING, "slow")
+    await engine.shutdown()
+
+
+async def test_a_connection_lost_in_mid_answer_fails_the_call_but_is_not_unreachable(server):
+    """An upstream that is only slow or overloaded still answers others: marking it unreachable would make
+    the gateway fail every call in flight (docs/BENCHMARKS.md, GPU simulation findings)."""
+    server.drop_requests = True
+    engine = remote(server.url, remote_model="m", remote_retries=1)
+    with pytest.raises(EngineError, match="connection lost") as caught:
+        await engine.generate("p", SAMPLING, "dropped")
+    assert not isinstance(caught.value, EngineUnavailable)
+    assert len(server.received) == 2  # retried once by the client first
+    await engine.check()  # the upstream answers: ready
     await engine.shutdown()
 
 
