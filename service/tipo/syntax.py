@@ -156,10 +156,10 @@ def _match_brackets(text: str) -> dict[int, int]:
     closing = {"(": ")", "[": "]"}
     matches: dict[int, int] = {}
     open_groups: list[int] = []
-    for i, char in _unescaped(text):
+    for i, char in _brackets(text):
         if char in closing:
             open_groups.append(i)
-        elif char in ")]" and open_groups:
+        elif open_groups:
             if char == closing[text[open_groups[-1]]]:
                 matches[open_groups.pop()] = i
             else:
@@ -167,29 +167,37 @@ def _match_brackets(text: str) -> dict[int, int]:
     return matches
 
 
-def _unescaped(text: str):
-    """(index, character) of every character that is not part of a `\\x` escape: the one bracket scanner
-    (_match_brackets, _top_level_chars, bracket_depth)."""
-    i = 0
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-            continue
-        yield i, text[i]
-        i += 1
+# A `\\x` escape (a lone `\\` at the end too) or a bracket: the one bracket scanner (_brackets).
+_ESCAPE_OR_BRACKET = re.compile(r"\\.?|[()\[\]]", re.S)
+
+
+def _brackets(text: str):
+    """(index, bracket) of every `(`, `)`, `[`, `]` that is not escaped, in order (the regex engine scans,
+    so long texts cost little)."""
+    for match in _ESCAPE_OR_BRACKET.finditer(text):
+        if match.group(0)[0] != "\\":
+            yield match.start(), match.group(0)
 
 
 def _top_level_chars(inner: str) -> str:
     """The characters of `inner` outside nested brackets, escapes removed."""
-    kept, depth = [], 0
-    for _, char in _unescaped(inner):
+    kept, depth, start = [], 0, 0
+    for i, char in _brackets(inner):
+        if depth == 0:
+            kept.append(inner[start:i])
         if char in "([":
             depth += 1
-        elif char in ")]" and depth:
+        elif depth:
             depth -= 1
         elif depth == 0:
-            kept.append(char)
-    return "".join(kept)
+            kept.append(char)  # a closing bracket with nothing open is text
+        start = i + 1
+    if depth == 0:
+        kept.append(inner[start:])
+    return _ESCAPE.sub("", "".join(kept))
+
+
+_ESCAPE = re.compile(r"\\.?", re.S)
 
 
 def bracket_depth(text: str) -> int:
@@ -199,11 +207,11 @@ def bracket_depth(text: str) -> int:
     open_count = {"(": 0, "[": 0}
     opener = {")": "(", "]": "["}
     deepest = 0
-    for _, char in _unescaped(text):
+    for _, char in _brackets(text):
         if char in open_count:
             open_count[char] += 1
             deepest = max(deepest, open_count["("] + open_count["["])
-        elif char in opener and open_count[opener[char]]:
+        elif open_count[opener[char]]:
             open_count[opener[char]] -= 1
     return deepest
 
