@@ -113,7 +113,7 @@ def choose_seed(request: TipoRequest) -> int:
 
 
 @dataclass(frozen=True)
-class Job:
+class PlannedRequest:
     """A request read, checked and planned: everything `run_tipo` needs."""
 
     request: TipoRequest
@@ -143,7 +143,7 @@ class Job:
         return caption if self.profile.lose_final_period else with_final_period(caption)
 
 
-def prepare(request: TipoRequest, index: TagIndex, compile_pattern: Callable | None = None) -> Job:
+def prepare(request: TipoRequest, index: TagIndex, compile_pattern: Callable | None = None) -> PlannedRequest:
     """Read, check and plan a request. Input errors (`InputError`: unknown format, invalid ban regex, an
     input the reference crashes on in profile kgen) are raised here. `compile_pattern`: how ban entries
     are compiled (BanList.of; default re.compile)."""
@@ -164,14 +164,14 @@ def prepare(request: TipoRequest, index: TagIndex, compile_pattern: Callable | N
     if request.frontend == "comfy" and request.operation is None:
         user_prompt = frontends.user_prompt(user, plan.meta, plan.general, request.tag_length, template, profile,
                                             index)
-    return Job(request, profile, index, ban, template, choose_seed(request), user, plan, user_prompt)
+    return PlannedRequest(request, profile, index, ban, template, choose_seed(request), user, plan, user_prompt)
 
 
-def run_tipo(job: Job) -> Generator[ModelCall, str | _DidNotFit, TipoResult]:
+def run_tipo(planned: PlannedRequest) -> Generator[ModelCall, str | _DidNotFit, TipoResult]:
     """Yield each model call; be sent its completion (only what the model appended) or DID_NOT_FIT;
     return the result."""
-    request, profile, plan = job.request, job.profile, job.plan
-    rng = random.Random(job.seed)
+    request, profile, plan = planned.request, planned.profile, planned.plan
+    rng = random.Random(planned.seed)
     calls: list[CallRecord] = []
     context_ends = 0  # passes ended because the next prompt did not fit the context
     general, nl = plan.general, plan.nl  # what the current pass starts from
@@ -188,7 +188,7 @@ def run_tipo(job: Job) -> Generator[ModelCall, str | _DidNotFit, TipoResult]:
             prompt = "".join(text for text, _ in segments)
             if request.backend == "transformers":
                 rng.seed((op_seed + attempt) % SEED_SPACE)  # transformers.set_seed re-seeds Python's random
-            call = ModelCall(prompt, job.sampling(op_seed + attempt), segments)
+            call = ModelCall(prompt, planned.sampling(op_seed + attempt), segments)
             completion = yield call
             if completion is DID_NOT_FIT:
                 # Only retries and later passes outgrow the user's input: end the pass with what it has,
@@ -201,8 +201,8 @@ def run_tipo(job: Job) -> Generator[ModelCall, str | _DidNotFit, TipoResult]:
                 text = "<s> " + prompt + completion + "</s>"
             else:
                 text = prompt + completion  # llama.cpp: prompt + completion
-            parsed = parse_output(text, job.index, profile)
-            parsed = postprocess(parsed, attempt_general, attempt_nl, op.mode, op.length, job.ban, rng, profile)
+            parsed = parse_output(text, planned.index, profile)
+            parsed = postprocess(parsed, attempt_general, attempt_nl, op.mode, op.length, planned.ban, rng, profile)
             if meets_target(parsed, op.target, op.length):
                 break
             same_in_a_row = same_in_a_row + 1 if text in seen else 0
@@ -214,21 +214,21 @@ def run_tipo(job: Job) -> Generator[ModelCall, str | _DidNotFit, TipoResult]:
                 # fixed: a fill-mode retry re-rolls the caption instead of re-sending it (which the
                 # parser would ignore, REFERENCE.md §7-14).
                 next_nl = parsed.get("extended", "") or attempt_nl
-            attempt_nl = job.carried_caption(next_nl.strip())
+            attempt_nl = planned.carried_caption(next_nl.strip())
             attempt_general = general_from_tags_for_retry(parsed)
             if same_in_a_row >= MAX_SAME_OUTPUT:
                 break
 
         if number < len(plan.operations) - 1:
             general, nl = carry_over(parsed, nl)
-            nl = job.carried_caption(nl)
+            nl = planned.carried_caption(nl)
 
-    return finish(job, parsed, calls, context_ends)
+    return finish(planned, parsed, calls, context_ends)
 
 
-def finish(job: Job, final_map: dict, calls: list[CallRecord], context_ends: int = 0) -> TipoResult:
+def finish(planned: PlannedRequest, final_map: dict, calls: list[CallRecord], context_ends: int = 0) -> TipoResult:
     """The result: the last pass's tags and captions, written as the request's front end does."""
-    request, profile, user = job.request, job.profile, job.user
+    request, profile, user = planned.request, planned.profile, planned.user
     final_map = dict(final_map)
     if not profile.lose_final_period:
         for key in CAPTION_KEYS:
@@ -237,20 +237,20 @@ def finish(job: Job, final_map: dict, calls: list[CallRecord], context_ends: int
     addon = addon_of(final_map, user.user_map, profile)
     full_map = addon_map = None
     if request.frontend == "webui":
-        outputs = frontends.webui_outputs(user, request, final_map, addon.tags, addon.nl, job.template, profile)
+        outputs = frontends.webui_outputs(user, request, final_map, addon.tags, addon.nl, planned.template, profile)
     elif request.operation is not None:
         full_map, addon_map = frontends.operation_maps(user, request, final_map, addon.tags, addon.nl, profile)
-        outputs = frontends.operation_strings(user, full_map, addon_map["tags"], addon_map["nl"], job.template,
-                                              profile, job.index)
+        outputs = frontends.operation_strings(user, full_map, addon_map["tags"], addon_map["nl"], planned.template,
+                                              profile, planned.index)
     else:
-        outputs = frontends.node_outputs(user, final_map, addon.tags, addon.nl, job.template, profile,
-                                         job.user_prompt)
+        outputs = frontends.node_outputs(user, final_map, addon.tags, addon.nl, planned.template, profile,
+                                         planned.user_prompt)
     return TipoResult(
         **asdict(outputs),
         tags={category: list(final_map.get(category, [])) for category in CLASSIFY_KEYS},
         new_tags=list(addon.tags),
         captions={key: final_map.get(key, "") for key in CAPTION_KEYS},
-        seed=job.seed,
+        seed=planned.seed,
         calls=calls,
         context_ends=context_ends,
         full_map=full_map,
@@ -265,9 +265,9 @@ class TipoRunner:
     Construction reads and checks the request (`InputError`)."""
 
     def __init__(self, request: TipoRequest, index: TagIndex, compile_pattern: Callable | None = None):
-        job = prepare(request, index, compile_pattern)
-        self.seed = job.seed
-        self._run = run_tipo(job)
+        planned = prepare(request, index, compile_pattern)
+        self.seed = planned.seed
+        self._run = run_tipo(planned)
         self._fed = 0
         self._pending: ModelCall | None = None
         self._asked = False  # next_call() handed out the pending call: it may be answered
