@@ -27,13 +27,15 @@ from pathlib import Path
 
 import aiohttp
 
+KEEPALIVE_S = 2.0  # idle connections are dropped before the service's keep-alive (5 s) closes them under a request
+
 
 async def run(url: str, bodies: list[dict], concurrency: int, keep_answers: bool) -> dict:
     latencies = [0.0] * len(bodies)
     statuses = [0] * len(bodies)
     answers: list = [None] * len(bodies)
     next_index = 0
-    connector = aiohttp.TCPConnector(limit=concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=KEEPALIVE_S)
     timeout = aiohttp.ClientTimeout(total=None)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
@@ -73,7 +75,7 @@ async def run_open(urls: list[str], bodies: list[dict], rate: float, keep_answer
         at += rng.expovariate(rate)
         arrivals.append(at)
     lateness = []
-    connector = aiohttp.TCPConnector(limit=0)
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S)
     timeout = aiohttp.ClientTimeout(total=None)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 

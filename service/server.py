@@ -34,8 +34,6 @@ try:
 except ImportError:  # httptools not installed: h11 only
     HttpToolsProtocol = None
 
-KEEP_ALIVE_S = 5  # uvicorn's default idle time of a keep-alive connection
-
 
 def response_408(phase: str, timeout_s: float, default_headers: list[tuple[bytes, bytes]]) -> bytes:
     body = json.dumps({"error": {
@@ -159,5 +157,5 @@ def uvicorn_config(app, settings: Settings, **overrides) -> uvicorn.Config:
     """The service's uvicorn.Config: address, log level, the protocol with timeouts, connection cap."""
     options = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
                    http=http_protocol(settings), limit_concurrency=settings.max_connections,
-                   timeout_keep_alive=KEEP_ALIVE_S)
+                   timeout_keep_alive=settings.keep_alive_s)
     return uvicorn.Config(app, **{**options, **overrides})

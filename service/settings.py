@@ -29,6 +29,9 @@ class Settings(BaseSettings):
                                     "408 and the connection is closed.")
     body_timeout_s: float = Field(30.0, gt=0, description="Longest time to receive a request's body once its "
                                   "headers are in; past it: 408 and the connection is closed.")
+    keep_alive_s: float = Field(5.0, gt=0, description="How long an idle keep-alive connection stays open "
+                                "(uvicorn's timeout_keep_alive). Clients and proxies must drop idle connections "
+                                "sooner, or a request sent as the server closes is lost (tipo_client: 2 s).")
     max_connections: int = Field(1000, ge=1, description="Open connections (and requests) at once (uvicorn's "
                                  "limit_concurrency); past it new requests get 503.")
 

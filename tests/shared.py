@@ -6,9 +6,18 @@ import json
 from functools import cache
 from pathlib import Path
 
+import httpx
+
 # A copy of shared/tipo/vectors.json (75 cases produced by running tipo-kgen 0.3.1 + z-tipo-extension),
 # kept in the repository so the tests run on any checkout.
 VECTORS_PATH = Path(__file__).parent / "data" / "vectors.json"
+
+
+def client_limits(connections: int = 100) -> httpx.Limits:
+    """Limits for the tests' load clients. Idle connections are dropped well before the server drops them
+    (keep_alive_s, 5 s): a request sent on a connection that the server is closing at that moment fails with
+    a ReadError that says nothing about the service (httpx's own default expiry is also 5 s)."""
+    return httpx.Limits(max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=1.0)
 
 
 @cache

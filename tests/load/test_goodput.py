@@ -19,6 +19,7 @@ import pytest
 from service.app import create_app
 from service.settings import Settings
 from tests.api.conftest import serve, wait_ready
+from tests.shared import client_limits
 
 SMALL = {"tags": "1girl, solo", "tag_length": "very_short", "nl_length": "very_short", "max_new_tokens": 24,
          "format": "tag only (DTG mode)"}
@@ -43,7 +44,7 @@ def fresh_server(engine_thread, tag_index):
 async def closed_loop(base_url: str, clients: int, seconds: float) -> tuple[collections.Counter, float]:
     statuses: collections.Counter = collections.Counter()
     end = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=clients + 10, max_keepalive_connections=clients + 10)
+    limits = client_limits(clients + 10)
 
     async def client(http: httpx.AsyncClient) -> None:
         while time.monotonic() < end:
@@ -78,7 +79,7 @@ def test_a_burst_of_200_gets_answers_not_a_collapse(fresh_server):
     context, base_url = fresh_server()
     try:
         async def burst() -> collections.Counter:
-            limits = httpx.Limits(max_connections=220, max_keepalive_connections=220)
+            limits = client_limits(220)
             async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as http:
                 answers = await asyncio.gather(*(http.post("/v1/tipo", json=SMALL) for _ in range(200)))
             return collections.Counter(answer.status_code for answer in answers)

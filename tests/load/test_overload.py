@@ -19,6 +19,7 @@ import pytest
 from service.app import create_app
 from service.settings import Settings
 from tests.api.conftest import serve, wait_ready
+from tests.shared import client_limits
 
 IN_FLIGHT, QUEUE = 2, 2
 CONCURRENT = 10 * (IN_FLIGHT + QUEUE)
@@ -52,7 +53,7 @@ async def one_wave(client: httpx.AsyncClient, wave: int) -> list[httpx.Response]
 async def test_only_200_and_429_every_admitted_request_completes_and_memory_stays_flat(small_server, engine_settings):
     statuses: collections.Counter = collections.Counter()
     rss_after: list[float] = []
-    async with httpx.AsyncClient(base_url=small_server, timeout=300) as client:
+    async with httpx.AsyncClient(base_url=small_server, timeout=300, limits=client_limits(CONCURRENT)) as client:
         for wave in range(WAVES):
             answers = await one_wave(client, wave)
             statuses.update(answer.status_code for answer in answers)

@@ -32,6 +32,13 @@ ENV_URL = "TIPO_SERVICE_URL"
 ENV_API_KEY = "TIPO_SERVICE_API_KEY"
 RETRY_STATUSES = (429, 503)
 PROBE_TIMEOUT_S = 10.0
+# An idle connection is dropped before the service drops it (its keep_alive_s, 5 s by default): a POST sent
+# on a connection the server is closing at that moment is lost (a transport error, never retried).
+KEEPALIVE_EXPIRY_S = 2.0
+
+
+def default_limits() -> httpx.Limits:
+    return httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY_S)
 
 OnRetry = Callable[[TipoServiceError, float, int], None]  # (the error, seconds to wait, retry number from 1)
 
@@ -218,7 +225,7 @@ class TipoClient:
                  http_client: Optional[httpx.Client] = None, sleep: Callable[[float], None] = time.sleep,
                  on_retry: Optional[OnRetry] = None):
         self._calls = _Calls(base_url, api_key, timeout, retry, headers)
-        self._http = http_client or httpx.Client()
+        self._http = http_client or httpx.Client(limits=default_limits())
         self._owns_http = http_client is None
         self._sleep = sleep
         self._on_retry = on_retry
@@ -322,7 +329,7 @@ class AsyncTipoClient:
                  http_client: Optional[httpx.AsyncClient] = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, on_retry: Optional[OnRetry] = None):
         self._calls = _Calls(base_url, api_key, timeout, retry, headers)
-        self._http = http_client or httpx.AsyncClient()
+        self._http = http_client or httpx.AsyncClient(limits=default_limits())
         self._owns_http = http_client is None
         self._sleep = sleep
         self._on_retry = on_retry

@@ -11,8 +11,10 @@ from email.utils import formatdate
 
 import httpx
 import pytest
+from fastapi import FastAPI, Request
 
-from tests.api.conftest import free_port
+from service.settings import Settings
+from tests.api.conftest import free_port, serve
 from tests.api.gated import TAGS_REQUEST, wait_for
 from tests.api.tipo.test_serving import OUTPUT_KEYS, request_of, script_of
 from tests.shared import load_vectors
@@ -24,6 +26,7 @@ from tipo_client import (
     TipoServiceError,
     parse_retry_after,
 )
+from tipo_client._client import KEEPALIVE_EXPIRY_S
 
 VECTOR = load_vectors("e2e_comfy")[0]
 OPERATION_VECTOR = load_vectors("e2e_comfy_operation")[0]
@@ -79,6 +82,25 @@ async def test_every_endpoint_async(scripted_server):
 
 
 # --- errors ------------------------------------------------------------------------------------------------
+
+
+def test_idle_connections_are_dropped_before_the_server_drops_them(server_loop):
+    # A request sent on a keep-alive connection at the moment the server closes it is lost (a transport error
+    # on a POST): the client must let go of an idle connection first. The server here keeps one 5 s, as the
+    # service does by default.
+    assert KEEPALIVE_EXPIRY_S < Settings.model_fields["keep_alive_s"].default
+    echo = FastAPI()
+
+    @echo.get("/health/live")
+    def live(request: Request) -> dict:
+        return {"status": "ok", "client_port": request.client.port}
+
+    with serve(echo, server_loop.loop) as base_url, TipoClient(base_url, retry=NO_RETRY) as client:
+        first, again = client.live()["client_port"], client.live()["client_port"]
+        time.sleep(KEEPALIVE_EXPIRY_S + 0.5)
+        after_idle = client.live()["client_port"]
+    assert first == again  # a fresh connection is reused
+    assert after_idle != first  # an idle one is dropped by the client while the server would still keep it
 
 
 def test_errors_carry_the_services_status_and_message(scripted_server):
