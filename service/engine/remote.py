@@ -27,6 +27,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+import httpx
 import openai
 
 from service.engine.base import (
@@ -49,6 +50,9 @@ CHECK_TIMEOUT_S = 5.0
 UNAVAILABLE_STATUSES = (502, 503, 504)  # a proxy without upstream, or a server not ready
 RETRIED_CLIENT_STATUSES = (408, 409, 429)  # the 4xx answers the openai client retries
 _END = object()  # end-of-stream marker
+# Idle connections are dropped before the upstream drops them (vLLM's server and uvicorn: 5 s), so a call is
+# not sent on a connection being closed (the openai client would retry it, after a backoff).
+UPSTREAM_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=2.0)
 
 
 class RemoteEngine(Engine):
@@ -65,6 +69,7 @@ class RemoteEngine(Engine):
         self._auth_headers = {} if settings.remote_api_key else {"Authorization": openai.Omit()}
         self._client = openai.AsyncOpenAI(
             base_url=self.base_url, api_key=settings.remote_api_key or "none", max_retries=self.retries,
+            http_client=openai.DefaultAsyncHttpxClient(limits=UPSTREAM_LIMITS),
             timeout=openai.Timeout(settings.remote_timeout_s, connect=min(10.0, settings.remote_timeout_s)))
         self._check_client = self._client.with_options(timeout=CHECK_TIMEOUT_S, max_retries=0)  # same pool
         self._in_flight: dict[str, set[asyncio.Task]] = {}  # request_id -> its running HTTP calls
